@@ -1,0 +1,503 @@
+// Package spool is the relay's durable queue: accepted messages, their
+// envelopes, per-recipient delivery state and the due-time index, on Badger.
+//
+// Invariants:
+//   - Enqueue returns nil only after the envelope and every body chunk are
+//     committed in one transaction and synced to disk; a crash never leaves a
+//     half-written message visible.
+//   - Every change to a recipient's state is one transaction (Update), which
+//     also rewrites the message's entry in the due index. A message whose
+//     recipients are all final (delivered or failed) is removed in that same
+//     transaction, so a recipient leaves the spool only together with the
+//     record of its outcome.
+//   - The due index holds one key per message that is neither held nor
+//     finished, ordered by the earliest next attempt of its pending
+//     recipients, so finding due work costs O(due), not O(queue).
+//
+// Keys (all under the "q/" prefix, which the spool owns in the shared
+// database):
+//
+//	q/e/<id>                 envelope (JSON)
+//	q/b/<id><chunk:u32 BE>   body, in store.BodyChunk pieces
+//	q/d/<due:u64 BE ns><id>  due index, empty value
+package spool
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/relaymail/relay/internal/store"
+)
+
+// ErrNotFound is returned for an ID that is not in the spool.
+var ErrNotFound = errors.New("no such message in the queue")
+
+// State is a recipient's delivery state.
+type State string
+
+// Recipient states.
+const (
+	Pending   State = "pending"
+	Delivered State = "delivered"
+	Failed    State = "failed"
+)
+
+// MailParams are the MAIL FROM parameters worth keeping (RFC 1870, 6152,
+// 6531, 3461, 4954).
+type MailParams struct {
+	Size     int64  `json:"size,omitempty"`
+	Body     string `json:"body,omitempty"` // 7BIT or 8BITMIME
+	SMTPUTF8 bool   `json:"smtputf8,omitempty"`
+	Ret      string `json:"ret,omitempty"`   // FULL or HDRS
+	EnvID    string `json:"envid,omitempty"` // decoded ENVID
+	Auth     string `json:"auth,omitempty"`  // AUTH= mailbox
+}
+
+// Recipient is one RCPT TO with its parameters and delivery state.
+type Recipient struct {
+	Address string `json:"address"`
+	// Notify holds the RFC 3461 NOTIFY keywords (NEVER, SUCCESS, FAILURE,
+	// DELAY); empty means the default (FAILURE, DELAY).
+	Notify []string `json:"notify,omitempty"`
+	// ORcpt is the RFC 3461 ORCPT as "type;address".
+	ORcpt       string    `json:"orcpt,omitempty"`
+	State       State     `json:"state"`
+	Attempts    int       `json:"attempts"`
+	NextAttempt time.Time `json:"next_attempt"`
+	LastError   string    `json:"last_error"`
+}
+
+// Message is a queued message's envelope and state; the body is stored
+// apart and read with Body.
+type Message struct {
+	ID       string      `json:"id"`
+	Arrived  time.Time   `json:"arrived"`
+	ClientIP string      `json:"client_ip,omitempty"`
+	Helo     string      `json:"helo,omitempty"`
+	From     string      `json:"from"`
+	Params   MailParams  `json:"params"`
+	Rcpts    []Recipient `json:"recipients"`
+	Size     int64       `json:"size"`
+	Hold     bool        `json:"hold,omitempty"`
+	// Due is the time under which the message sits in the due index, or
+	// zero when it has no entry there. Only the spool sets it.
+	Due time.Time `json:"due,omitzero"`
+}
+
+// Done reports whether every recipient has reached a final state.
+func (m *Message) Done() bool {
+	for _, r := range m.Rcpts {
+		if r.State == Pending {
+			return false
+		}
+	}
+	return true
+}
+
+// nextDue is the earliest next attempt among pending recipients, or zero when
+// the message should not be in the due index.
+func (m *Message) nextDue() time.Time {
+	if m.Hold {
+		return time.Time{}
+	}
+	var due time.Time
+	for _, r := range m.Rcpts {
+		if r.State != Pending {
+			continue
+		}
+		if due.IsZero() || r.NextAttempt.Before(due) {
+			due = r.NextAttempt
+		}
+	}
+	return due
+}
+
+// Spool is the queue. It is safe for concurrent use.
+type Spool struct {
+	db  *store.DB
+	now func() time.Time
+
+	mu      sync.Mutex
+	waiters chan struct{}
+	entropy *ulid.MonotonicEntropy
+}
+
+// New returns a spool on db. now is the clock (nil for time.Now); tests pass
+// a fake one.
+func New(db *store.DB, now func() time.Time) *Spool {
+	if now == nil {
+		now = time.Now
+	}
+	return &Spool{db: db, now: now, waiters: make(chan struct{})}
+}
+
+// Now is the spool's clock.
+func (s *Spool) Now() time.Time { return s.now() }
+
+// NewID returns a fresh, time-ordered, unique queue ID (a ULID).
+func (s *Spool) NewID() string {
+	return ulid.Make().String()
+}
+
+// Changed returns a channel that is closed at the next change of the due
+// index (a new message, a flush, a release). The delivery loop waits on it
+// instead of polling.
+func (s *Spool) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.waiters
+}
+
+func (s *Spool) signal() {
+	s.mu.Lock()
+	close(s.waiters)
+	s.waiters = make(chan struct{})
+	s.mu.Unlock()
+}
+
+const (
+	prefixEnv  = "q/e/"
+	prefixBody = "q/b/"
+	prefixDue  = "q/d/"
+)
+
+func envKey(id string) []byte { return []byte(prefixEnv + id) }
+
+func bodyPrefix(id string) []byte { return []byte(prefixBody + id) }
+
+func bodyKey(id string, chunk uint32) []byte {
+	return binary.BigEndian.AppendUint32(bodyPrefix(id), chunk)
+}
+
+func dueKey(t time.Time, id string) []byte {
+	k := binary.BigEndian.AppendUint64([]byte(prefixDue), uint64(t.UnixNano()))
+	return append(k, id...)
+}
+
+// Enqueue stores m and its body durably. m.ID must come from NewID; Size and
+// recipient states are filled in here. It returns only after the message is
+// committed and synced (group commit), so the caller may answer 250.
+func (s *Spool) Enqueue(m *Message, body io.Reader) error {
+	if m.ID == "" {
+		return errors.New("enqueue: message has no ID")
+	}
+	if len(m.Rcpts) == 0 {
+		return errors.New("enqueue: message has no recipients")
+	}
+	now := s.now()
+	if m.Arrived.IsZero() {
+		m.Arrived = now
+	}
+	for i := range m.Rcpts {
+		r := &m.Rcpts[i]
+		if r.State == "" {
+			r.State = Pending
+		}
+		if r.NextAttempt.IsZero() {
+			r.NextAttempt = now
+		}
+	}
+	txn := s.db.NewTransaction(true)
+	defer txn.Discard()
+	var size int64
+	buf := make([]byte, store.BodyChunk)
+	for chunk := uint32(0); ; chunk++ {
+		n, err := io.ReadFull(body, buf)
+		if n > 0 {
+			// Badger keeps a reference to the value until commit, so each
+			// chunk needs its own buffer.
+			v := bytes.Clone(buf[:n])
+			if err := txn.Set(bodyKey(m.ID, chunk), v); err != nil {
+				return fmt.Errorf("enqueue %s: store body: %w", m.ID, err)
+			}
+			size += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("enqueue %s: read body: %w", m.ID, err)
+		}
+	}
+	m.Size = size
+	if err := s.putEnvelope(txn, m); err != nil {
+		return fmt.Errorf("enqueue %s: %w", m.ID, err)
+	}
+	if err := txn.Commit(); err != nil {
+		return fmt.Errorf("enqueue %s: commit: %w", m.ID, err)
+	}
+	if err := s.db.Sync(); err != nil {
+		return fmt.Errorf("enqueue %s: %w", m.ID, err)
+	}
+	s.signal()
+	return nil
+}
+
+// putEnvelope writes m and moves its due-index entry to where its state says.
+func (s *Spool) putEnvelope(txn *badger.Txn, m *Message) error {
+	due := m.nextDue()
+	if !m.Due.IsZero() && !m.Due.Equal(due) {
+		if err := txn.Delete(dueKey(m.Due, m.ID)); err != nil {
+			return fmt.Errorf("unindex: %w", err)
+		}
+	}
+	if !due.IsZero() {
+		if err := txn.Set(dueKey(due, m.ID), nil); err != nil {
+			return fmt.Errorf("index: %w", err)
+		}
+	}
+	m.Due = due
+	v, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode envelope: %w", err)
+	}
+	if err := txn.Set(envKey(m.ID), v); err != nil {
+		return fmt.Errorf("store envelope: %w", err)
+	}
+	return nil
+}
+
+// GetTxn reads message id inside txn.
+func GetTxn(txn *badger.Txn, id string) (*Message, error) {
+	item, err := txn.Get(envKey(id))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, fmt.Errorf("%s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", id, err)
+	}
+	m := new(Message)
+	err = item.Value(func(v []byte) error { return json.Unmarshal(v, m) })
+	if err != nil {
+		return nil, fmt.Errorf("decode %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// Get returns message id.
+func (s *Spool) Get(id string) (*Message, error) {
+	var m *Message
+	err := s.db.View(func(txn *badger.Txn) error {
+		var err error
+		m, err = GetTxn(txn, id)
+		return err
+	})
+	return m, err
+}
+
+// List returns every queued message in arrival order.
+func (s *Spool) List() ([]*Message, error) {
+	var out []*Message
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixEnv), PrefetchValues: true, PrefetchSize: 64})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			m := new(Message)
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, m) }); err != nil {
+				return fmt.Errorf("decode %s: %w", it.Item().Key(), err)
+			}
+			out = append(out, m)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Count returns the number of queued messages without decoding them.
+func (s *Spool) Count() (int, error) {
+	n := 0
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixEnv)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+// Due returns up to limit IDs of messages whose next attempt is at or before
+// now, earliest first. It reads only index keys up to now.
+func (s *Spool) Due(now time.Time, limit int) ([]string, error) {
+	var ids []string
+	end := uint64(now.UnixNano())
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixDue)})
+		defer it.Close()
+		for it.Rewind(); it.Valid() && len(ids) < limit; it.Next() {
+			k := it.Item().Key()[len(prefixDue):]
+			if len(k) < 8 || binary.BigEndian.Uint64(k) > end {
+				break
+			}
+			ids = append(ids, string(k[8:]))
+		}
+		return nil
+	})
+	return ids, err
+}
+
+// NextDue returns the earliest due time in the index, if any.
+func (s *Spool) NextDue() (time.Time, bool, error) {
+	var t time.Time
+	var ok bool
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixDue)})
+		defer it.Close()
+		it.Rewind()
+		if it.Valid() {
+			k := it.Item().Key()[len(prefixDue):]
+			t, ok = time.Unix(0, int64(binary.BigEndian.Uint64(k))), true
+		}
+		return nil
+	})
+	return t, ok, err
+}
+
+// Update runs fn on message id in one transaction, then stores the changed
+// envelope and due entry; if every recipient is final afterwards, the message
+// is removed instead. fn may write other keys to txn (a mailbox insert) so
+// that they commit atomically with the state change. Conflicting concurrent
+// updates are retried.
+func (s *Spool) Update(id string, fn func(txn *badger.Txn, m *Message) error) error {
+	for range 16 {
+		err := s.db.Update(func(txn *badger.Txn) error {
+			m, err := GetTxn(txn, id)
+			if err != nil {
+				return err
+			}
+			if err := fn(txn, m); err != nil {
+				return err
+			}
+			if m.Done() {
+				return deleteTxn(txn, m)
+			}
+			return s.putEnvelope(txn, m)
+		})
+		if errors.Is(err, badger.ErrConflict) {
+			continue
+		}
+		if err == nil {
+			s.signal()
+		}
+		return err
+	}
+	return fmt.Errorf("update %s: %w", id, badger.ErrConflict)
+}
+
+// Hold takes a message out of the due index until Release.
+func (s *Spool) Hold(id string) error {
+	return s.Update(id, func(_ *badger.Txn, m *Message) error {
+		m.Hold = true
+		return nil
+	})
+}
+
+// Release puts a held message back in the due index.
+func (s *Spool) Release(id string) error {
+	return s.Update(id, func(_ *badger.Txn, m *Message) error {
+		m.Hold = false
+		return nil
+	})
+}
+
+// Delete removes a message, its body and its index entry.
+func (s *Spool) Delete(id string) error {
+	err := s.db.Update(func(txn *badger.Txn) error {
+		m, err := GetTxn(txn, id)
+		if err != nil {
+			return err
+		}
+		return deleteTxn(txn, m)
+	})
+	if err != nil {
+		return err
+	}
+	s.signal()
+	return nil
+}
+
+func deleteTxn(txn *badger.Txn, m *Message) error {
+	if !m.Due.IsZero() {
+		if err := txn.Delete(dueKey(m.Due, m.ID)); err != nil {
+			return err
+		}
+	}
+	chunks := (m.Size + store.BodyChunk - 1) / store.BodyChunk
+	for c := range uint32(chunks) {
+		if err := txn.Delete(bodyKey(m.ID, c)); err != nil {
+			return err
+		}
+	}
+	return txn.Delete(envKey(m.ID))
+}
+
+// Body returns a reader over message id's body. Chunks are read one at a
+// time, so a large message is never held in memory whole.
+func (s *Spool) Body(id string) (io.Reader, error) {
+	m, err := s.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	return &bodyReader{db: s.db, id: id, chunks: uint32((m.Size + store.BodyChunk - 1) / store.BodyChunk)}, nil
+}
+
+// BodyTxn returns message m's body read inside txn (for a delivery that
+// commits in the same transaction).
+func BodyTxn(txn *badger.Txn, m *Message) io.Reader {
+	return &bodyReader{txn: txn, id: m.ID, chunks: uint32((m.Size + store.BodyChunk - 1) / store.BodyChunk)}
+}
+
+type bodyReader struct {
+	db     *store.DB
+	txn    *badger.Txn
+	id     string
+	next   uint32
+	chunks uint32
+	cur    []byte
+}
+
+func (r *bodyReader) Read(p []byte) (int, error) {
+	for len(r.cur) == 0 {
+		if r.next >= r.chunks {
+			return 0, io.EOF
+		}
+		if err := r.load(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, r.cur)
+	r.cur = r.cur[n:]
+	return n, nil
+}
+
+func (r *bodyReader) load() error {
+	get := func(txn *badger.Txn) error {
+		item, err := txn.Get(bodyKey(r.id, r.next))
+		if err != nil {
+			return fmt.Errorf("read body of %s chunk %d: %w", r.id, r.next, err)
+		}
+		r.cur, err = item.ValueCopy(nil)
+		return err
+	}
+	var err error
+	if r.txn != nil {
+		err = get(r.txn)
+	} else {
+		err = r.db.View(get)
+	}
+	if err != nil {
+		return err
+	}
+	r.next++
+	return nil
+}
