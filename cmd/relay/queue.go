@@ -1,0 +1,219 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/relaymail/relay/internal/admin"
+	"github.com/relaymail/relay/internal/config"
+	"github.com/relaymail/relay/internal/store"
+	"github.com/relaymail/relay/relay"
+	"github.com/relaymail/relay/spool"
+)
+
+// clientFlags are the flags every subcommand but serve shares.
+type clientFlags struct {
+	data string
+	file string
+}
+
+func (c *clientFlags) bind(fs *flag.FlagSet) {
+	c.data = config.Default().Data
+	fs.StringVar(&c.data, "data", c.data, "data directory (env RELAY_DATA)")
+	fs.StringVar(&c.file, "config", "", "TOML configuration file (for its data setting)")
+}
+
+// dataDir resolves --data against the config file: an explicit flag wins,
+// then the file's data setting, then RELAY_DATA and the default.
+func (c *clientFlags) dataDir(fs *flag.FlagSet) (string, error) {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "data" })
+	if set || c.file == "" {
+		return c.data, nil
+	}
+	cfg := config.Default()
+	if err := cfg.Load(c.file); err != nil {
+		return "", err
+	}
+	if env := os.Getenv("RELAY_DATA"); env != "" {
+		return env, nil
+	}
+	return cfg.Data, nil
+}
+
+// withSpool runs remote against the running server, or, when none answers on
+// the socket, local against the database opened directly.
+func withSpool(dir string, remote func(*admin.Client) error, local func(*spool.Spool) error) error {
+	err := remote(admin.NewClient(admin.Socket(dir)))
+	if !errors.Is(err, admin.ErrNoServer) {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err != nil {
+		return fmt.Errorf("no relay data in %s: start relay serve there first, or point --data (or RELAY_DATA) at the data directory", dir)
+	}
+	db, err := store.Open(dir, store.Options{})
+	if errors.Is(err, store.ErrLocked) {
+		return fmt.Errorf("the database in %s is in use but no server answers on %s", dir, admin.Socket(dir))
+	}
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return local(spool.New(db, nil))
+}
+
+func queueCmd(args []string, stdout, _ io.Writer) error {
+	if len(args) == 0 {
+		return usagef("queue: a verb is needed (list, show)")
+	}
+	verb, args := args[0], args[1:]
+	fs := flag.NewFlagSet("relay queue "+verb, flag.ContinueOnError)
+	var cf clientFlags
+	cf.bind(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	withBody := fs.Bool("body", false, "show: print the body too")
+	pos, err := config.ParseInterleaved(fs, args)
+	if err != nil {
+		return flagError(err)
+	}
+	dir, err := cf.dataDir(fs)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	switch verb {
+	case "list":
+		if len(pos) > 0 {
+			return usagef("queue list takes no arguments")
+		}
+		var ms []*spool.Message
+		err := withSpool(dir,
+			func(c *admin.Client) error { return c.Call(ctx, "queue/list", struct{}{}, &ms) },
+			func(sp *spool.Spool) error { ms, err = relay.ListQueue(sp); return err })
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(stdout, ms)
+		}
+		printQueue(stdout, ms, time.Now())
+		return nil
+	case "show":
+		if len(pos) != 1 {
+			return usagef("queue show takes one queue ID")
+		}
+		req := relay.ShowRequest{ID: pos[0], Body: *withBody}
+		var sh *relay.Shown
+		err := withSpool(dir,
+			func(c *admin.Client) error { return c.Call(ctx, "queue/show", req, &sh) },
+			func(sp *spool.Spool) error { sh, err = relay.ShowMessage(sp, req.ID, req.Body); return err })
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(stdout, sh)
+		}
+		printShown(stdout, sh)
+		return nil
+	default:
+		return usagef("queue: unknown verb %q", verb)
+	}
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// printQueue prints a table in the spirit of mailq: one line per message,
+// then one indented line per recipient.
+func printQueue(w io.Writer, ms []*spool.Message, now time.Time) {
+	if len(ms) == 0 {
+		fmt.Fprintln(w, "queue is empty")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tAGE\tSIZE\tSENDER\tHOLD")
+	for _, m := range ms {
+		from := m.From
+		if from == "" {
+			from = "<>"
+		}
+		hold := ""
+		if m.Hold {
+			hold = "held"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.ID, age(now.Sub(m.Arrived)), size(m.Size), from, hold)
+		for _, r := range m.Rcpts {
+			next := ""
+			if r.State == spool.Pending && !m.Hold {
+				next = "due now"
+				if d := r.NextAttempt.Sub(now); d > 0 {
+					next = "next in " + age(d)
+				}
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%d tries\t%s\t%s\n", r.Address, r.State, r.Attempts, next, r.LastError)
+		}
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "-- %d message(s)\n", len(ms))
+}
+
+func printShown(w io.Writer, sh *relay.Shown) {
+	m := sh.Message
+	fmt.Fprintf(w, "id:       %s\narrived:  %s\nclient:   %s (helo %s)\nfrom:     <%s>\nsize:     %d\n",
+		m.ID, m.Arrived.Format(time.RFC3339), m.ClientIP, m.Helo, m.From, m.Size)
+	if m.Hold {
+		fmt.Fprintln(w, "hold:     yes")
+	}
+	for _, r := range m.Rcpts {
+		fmt.Fprintf(w, "rcpt:     <%s> %s, %d attempt(s), next %s", r.Address, r.State, r.Attempts, r.NextAttempt.Format(time.RFC3339))
+		if r.LastError != "" {
+			fmt.Fprintf(w, ", last error: %s", r.LastError)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprint(w, strings.ReplaceAll(sh.Headers, "\r\n", "\n"))
+	if sh.Body != "" {
+		fmt.Fprint(w, strings.ReplaceAll(sh.Body, "\r\n", "\n"))
+	}
+}
+
+func age(d time.Duration) string {
+	neg := ""
+	if d < 0 {
+		neg, d = "-", -d
+	}
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%s%ds", neg, int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%s%dm", neg, int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%s%dh", neg, int(d.Hours()))
+	default:
+		return fmt.Sprintf("%s%dd", neg, int(d.Hours()/24))
+	}
+}
+
+func size(n int64) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%dB", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1fK", float64(n)/(1<<10))
+	default:
+		return fmt.Sprintf("%.1fM", float64(n)/(1<<20))
+	}
+}

@@ -1,0 +1,301 @@
+// Package config holds the relay's settings: the embedded defaults, the TOML
+// file (--config), the RELAY_DATA environment variable and command-line
+// flags, applied in that order so that each later source overrides the
+// earlier ones. The TOML keys are the flag names.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is every setting of `relay serve`.
+type Config struct {
+	Data        string   `toml:"data"`
+	Hostname    string   `toml:"hostname"`
+	Domains     []string `toml:"domain"`
+	SMTP        string   `toml:"smtp"`
+	Submission  string   `toml:"submission"`
+	Submissions string   `toml:"submissions"`
+	IMAP        string   `toml:"imap"`
+	IMAPS       string   `toml:"imaps"`
+	HTTP        string   `toml:"http"`
+	TLSCert     string   `toml:"tls-cert"`
+	TLSKey      string   `toml:"tls-key"`
+	Relayhost   string   `toml:"relayhost"`
+	// RelayhostUser and RelayhostPassword authenticate to the smarthost;
+	// they live in the file only, never on a command line.
+	RelayhostUser     string   `toml:"relayhost-user"`
+	RelayhostPassword string   `toml:"relayhost-password"`
+	Transport         []string `toml:"transport"`
+	DNS               string   `toml:"dns"`
+
+	MaxMessageSize int64    `toml:"max-message-size"`
+	MaxRecipients  int      `toml:"max-recipients"`
+	SMTPTimeout    Duration `toml:"smtp-timeout"`
+	DataTimeout    Duration `toml:"data-timeout"`
+
+	RetryFirst    Duration `toml:"retry-first"`
+	RetryMax      Duration `toml:"retry-max"`
+	QueueLifetime Duration `toml:"queue-lifetime"`
+	DelayNotice   Duration `toml:"delay-notice"`
+
+	LogFormat string `toml:"log-format"`
+	LogLevel  string `toml:"log-level"`
+}
+
+// Default returns the embedded defaults of DESIGN.md: everything on loopback,
+// so that `relay serve` runs as any user on one machine.
+func Default() Config {
+	data := os.Getenv("RELAY_DATA")
+	if data == "" {
+		data = "./relay-data"
+	}
+	return Config{
+		Data:           data,
+		Hostname:       "localhost",
+		Domains:        []string{"localhost"},
+		SMTP:           "127.0.0.1:2525",
+		Submission:     "127.0.0.1:2587",
+		Submissions:    "off",
+		IMAP:           "127.0.0.1:2143",
+		IMAPS:          "off",
+		HTTP:           "127.0.0.1:8025",
+		MaxMessageSize: 50 << 20,
+		MaxRecipients:  1000,
+		SMTPTimeout:    Duration(5 * time.Minute),
+		DataTimeout:    Duration(30 * time.Minute),
+		RetryFirst:     Duration(5 * time.Minute),
+		RetryMax:       Duration(time.Hour),
+		QueueLifetime:  Duration(5 * 24 * time.Hour),
+		DelayNotice:    Duration(4 * time.Hour),
+		LogFormat:      "text",
+		LogLevel:       "info",
+	}
+}
+
+// Load reads a TOML file over c. Unknown keys are an error, so that a typo
+// does not silently fall back to a default.
+func (c *Config) Load(path string) error {
+	md, err := toml.DecodeFile(path, c)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	if un := md.Undecoded(); len(un) > 0 {
+		keys := make([]string, len(un))
+		for i, k := range un {
+			keys[i] = k.String()
+		}
+		return fmt.Errorf("config %s: unknown setting(s) %s", path, strings.Join(keys, ", "))
+	}
+	return nil
+}
+
+// Off reports whether a listener address disables the listener.
+func Off(addr string) bool { return addr == "" || addr == "off" }
+
+// Validate checks the settings and says what to fix.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Data == "" {
+		errs = append(errs, errors.New("data: must name a directory"))
+	}
+	if c.Hostname == "" {
+		errs = append(errs, errors.New("hostname: must not be empty"))
+	}
+	if len(c.Domains) == 0 {
+		errs = append(errs, errors.New("domain: at least one local domain is needed"))
+	}
+	for _, l := range []struct{ name, addr string }{
+		{"smtp", c.SMTP}, {"submission", c.Submission}, {"submissions", c.Submissions},
+		{"imap", c.IMAP}, {"imaps", c.IMAPS}, {"http", c.HTTP}, {"relayhost", c.Relayhost}, {"dns", c.DNS},
+	} {
+		if Off(l.addr) {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(l.addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %q is not HOST:PORT (or off)", l.name, l.addr))
+		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("tls-cert and tls-key go together"))
+	}
+	for _, t := range c.Transport {
+		if _, _, err := ParseTransport(t); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.MaxMessageSize <= 0 {
+		errs = append(errs, errors.New("max-message-size: must be positive"))
+	}
+	if c.MaxRecipients <= 0 {
+		errs = append(errs, errors.New("max-recipients: must be positive"))
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		errs = append(errs, fmt.Errorf("log-format: %q is not text or json", c.LogFormat))
+	}
+	return errors.Join(errs...)
+}
+
+// ParseTransport splits a DOMAIN=HOST:PORT transport entry.
+func ParseTransport(s string) (domain, hostport string, err error) {
+	domain, hostport, ok := strings.Cut(s, "=")
+	if ok {
+		_, _, err = net.SplitHostPort(hostport)
+	}
+	if !ok || domain == "" || err != nil {
+		return "", "", fmt.Errorf("transport: %q is not DOMAIN=HOST:PORT", s)
+	}
+	return strings.ToLower(domain), hostport, nil
+}
+
+// Duration is a time.Duration written as "5m" or "4h" in TOML and on flags.
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler for TOML.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// String implements flag.Value.
+func (d *Duration) String() string { return time.Duration(*d).String() }
+
+// Set implements flag.Value.
+func (d *Duration) Set(s string) error { return d.UnmarshalText([]byte(s)) }
+
+// list is a repeatable flag whose first use replaces what the file set.
+type list struct {
+	v   *[]string
+	set bool
+}
+
+func (l *list) String() string {
+	if l.v == nil {
+		return ""
+	}
+	return strings.Join(*l.v, ",")
+}
+
+func (l *list) Set(s string) error {
+	if !l.set {
+		*l.v = nil
+		l.set = true
+	}
+	*l.v = append(*l.v, s)
+	return nil
+}
+
+type int64Value struct{ p *int64 }
+
+func (v int64Value) String() string {
+	if v.p == nil {
+		return "0"
+	}
+	return strconv.FormatInt(*v.p, 10)
+}
+func (v int64Value) Set(s string) error {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return err
+	}
+	*v.p = n
+	return nil
+}
+
+// Bind registers the serve flags on fs, writing into c.
+func (c *Config) Bind(fs *flag.FlagSet) {
+	fs.StringVar(&c.Data, "data", c.Data, "data directory (env RELAY_DATA)")
+	fs.StringVar(&c.Hostname, "hostname", c.Hostname, "host name in greetings and Received: headers")
+	fs.Var(&list{v: &c.Domains}, "domain", "local domain (repeatable)")
+	fs.StringVar(&c.SMTP, "smtp", c.SMTP, "relay SMTP listener, no AUTH, local domains only (or off)")
+	fs.StringVar(&c.Submission, "submission", c.Submission, "submission listener, STARTTLS and AUTH (or off)")
+	fs.StringVar(&c.Submissions, "submissions", c.Submissions, "submission listener with implicit TLS (or off)")
+	fs.StringVar(&c.IMAP, "imap", c.IMAP, "IMAP listener, STARTTLS (or off)")
+	fs.StringVar(&c.IMAPS, "imaps", c.IMAPS, "IMAP listener with implicit TLS (or off)")
+	fs.StringVar(&c.HTTP, "http", c.HTTP, "HTTP listener for /metrics and /healthz (or off)")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "TLS certificate (PEM); default: self-signed in the data dir")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "TLS private key (PEM)")
+	fs.StringVar(&c.Relayhost, "relayhost", c.Relayhost, "smarthost HOST:PORT for remote mail")
+	fs.Var(&list{v: &c.Transport}, "transport", "DOMAIN=HOST:PORT route (repeatable)")
+	fs.StringVar(&c.DNS, "dns", c.DNS, "DNS resolver HOST:PORT (default: the system's)")
+	fs.Var(int64Value{&c.MaxMessageSize}, "max-message-size", "largest message in bytes")
+	fs.IntVar(&c.MaxRecipients, "max-recipients", c.MaxRecipients, "most recipients per message")
+	fs.Var(&c.SMTPTimeout, "smtp-timeout", "how long an SMTP client may stay idle between commands")
+	fs.Var(&c.DataTimeout, "data-timeout", "how long one DATA or BDAT transfer may take in all")
+	fs.Var(&c.RetryFirst, "retry-first", "delay before the first retry")
+	fs.Var(&c.RetryMax, "retry-max", "longest delay between retries")
+	fs.Var(&c.QueueLifetime, "queue-lifetime", "how long a message is retried before it bounces")
+	fs.Var(&c.DelayNotice, "delay-notice", "when the sender is told of a delay")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error")
+}
+
+// FromArgs builds the configuration of `relay serve` and `relay config
+// check`: defaults, then the --config file, then RELAY_DATA, then the flags
+// in args. It returns the positional arguments.
+func FromArgs(name string, args []string) (Config, []string, error) {
+	// First pass: find --config (and reject bad flags) without a file.
+	probe := Default()
+	var file string
+	fs := newFlagSet(name, &probe, &file)
+	if _, err := ParseInterleaved(fs, args); err != nil {
+		return Config{}, nil, err
+	}
+	c := Default()
+	if file != "" {
+		if err := c.Load(file); err != nil {
+			return Config{}, nil, err
+		}
+		if env := os.Getenv("RELAY_DATA"); env != "" {
+			c.Data = env
+		}
+	}
+	fs = newFlagSet(name, &c, &file)
+	pos, err := ParseInterleaved(fs, args)
+	if err != nil {
+		return Config{}, nil, err
+	}
+	return c, pos, nil
+}
+
+func newFlagSet(name string, c *Config, file *string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.StringVar(file, "config", "", "TOML configuration file")
+	c.Bind(fs)
+	return fs
+}
+
+// ParseInterleaved parses flags that may stand before or after positional
+// arguments (`relay user add a@b --password-stdin`), which the flag package
+// alone stops at the first positional.
+func ParseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		// flag stops after "--": everything behind it is positional.
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
