@@ -18,12 +18,11 @@
 // database):
 //
 //	q/e/<id>                 envelope (JSON)
-//	q/b/<id><chunk:u32 BE>   body, in store.BodyChunk pieces
+//	q/b/<id><chunk:u32 BE>   body, in store.BodyChunk pieces (store.PutChunks)
 //	q/d/<due:u64 BE ns><id>  due index, empty value
 package spool
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -174,10 +173,6 @@ func envKey(id string) []byte { return []byte(prefixEnv + id) }
 
 func bodyPrefix(id string) []byte { return []byte(prefixBody + id) }
 
-func bodyKey(id string, chunk uint32) []byte {
-	return binary.BigEndian.AppendUint32(bodyPrefix(id), chunk)
-}
-
 func dueKey(t time.Time, id string) []byte {
 	k := binary.BigEndian.AppendUint64([]byte(prefixDue), uint64(t.UnixNano()))
 	return append(k, id...)
@@ -208,25 +203,9 @@ func (s *Spool) Enqueue(m *Message, body io.Reader) error {
 	}
 	txn := s.db.NewTransaction(true)
 	defer txn.Discard()
-	var size int64
-	buf := make([]byte, store.BodyChunk)
-	for chunk := uint32(0); ; chunk++ {
-		n, err := io.ReadFull(body, buf)
-		if n > 0 {
-			// Badger keeps a reference to the value until commit, so each
-			// chunk needs its own buffer.
-			v := bytes.Clone(buf[:n])
-			if err := txn.Set(bodyKey(m.ID, chunk), v); err != nil {
-				return fmt.Errorf("enqueue %s: store body: %w", m.ID, err)
-			}
-			size += int64(n)
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("enqueue %s: read body: %w", m.ID, err)
-		}
+	size, err := store.PutChunks(txn, bodyPrefix(m.ID), body)
+	if err != nil {
+		return fmt.Errorf("enqueue %s: body: %w", m.ID, err)
 	}
 	m.Size = size
 	if err := s.putEnvelope(txn, m); err != nil {
@@ -432,72 +411,23 @@ func deleteTxn(txn *badger.Txn, m *Message) error {
 			return err
 		}
 	}
-	chunks := (m.Size + store.BodyChunk - 1) / store.BodyChunk
-	for c := range uint32(chunks) {
-		if err := txn.Delete(bodyKey(m.ID, c)); err != nil {
-			return err
-		}
+	if err := store.DeleteChunks(txn, bodyPrefix(m.ID), m.Size); err != nil {
+		return err
 	}
 	return txn.Delete(envKey(m.ID))
 }
 
-// Body returns a reader over message id's body. Chunks are read one at a
-// time, so a large message is never held in memory whole.
+// Body returns a reader over message id's body, read one chunk at a time.
 func (s *Spool) Body(id string) (io.Reader, error) {
 	m, err := s.Get(id)
 	if err != nil {
 		return nil, err
 	}
-	return &bodyReader{db: s.db, id: id, chunks: uint32((m.Size + store.BodyChunk - 1) / store.BodyChunk)}, nil
+	return store.ChunkReader(s.db, nil, bodyPrefix(id), m.Size), nil
 }
 
 // BodyTxn returns message m's body read inside txn (for a delivery that
 // commits in the same transaction).
 func BodyTxn(txn *badger.Txn, m *Message) io.Reader {
-	return &bodyReader{txn: txn, id: m.ID, chunks: uint32((m.Size + store.BodyChunk - 1) / store.BodyChunk)}
-}
-
-type bodyReader struct {
-	db     *store.DB
-	txn    *badger.Txn
-	id     string
-	next   uint32
-	chunks uint32
-	cur    []byte
-}
-
-func (r *bodyReader) Read(p []byte) (int, error) {
-	for len(r.cur) == 0 {
-		if r.next >= r.chunks {
-			return 0, io.EOF
-		}
-		if err := r.load(); err != nil {
-			return 0, err
-		}
-	}
-	n := copy(p, r.cur)
-	r.cur = r.cur[n:]
-	return n, nil
-}
-
-func (r *bodyReader) load() error {
-	get := func(txn *badger.Txn) error {
-		item, err := txn.Get(bodyKey(r.id, r.next))
-		if err != nil {
-			return fmt.Errorf("read body of %s chunk %d: %w", r.id, r.next, err)
-		}
-		r.cur, err = item.ValueCopy(nil)
-		return err
-	}
-	var err error
-	if r.txn != nil {
-		err = get(r.txn)
-	} else {
-		err = r.db.View(get)
-	}
-	if err != nil {
-		return err
-	}
-	r.next++
-	return nil
+	return store.ChunkReader(nil, txn, bodyPrefix(m.ID), m.Size)
 }

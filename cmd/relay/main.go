@@ -25,6 +25,7 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 
 const usage = `usage:
   relay serve [--config FILE] [--data DIR] [flags]     run the relay
+  relay user add|passwd|del|list ADDRESS [--password-stdin] [--force]
   relay queue list [--json] | show ID [--body]         inspect the queue
   relay config check [--config FILE]                    validate settings
   relay version
@@ -62,6 +63,8 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "serve":
 		return serve(rest, stderr)
+	case "user":
+		return userCmd(rest, stdin, stdout, stderr)
 	case "queue":
 		return queueCmd(rest, stdout, stderr)
 	case "config":

@@ -51,13 +51,22 @@ func (c *clientFlags) dataDir(fs *flag.FlagSet) (string, error) {
 }
 
 // withSpool runs remote against the running server, or, when none answers on
-// the socket, local against the database opened directly.
+// the socket, local against the spool on the database opened directly.
 func withSpool(dir string, remote func(*admin.Client) error, local func(*spool.Spool) error) error {
+	return withDB(dir, false, remote, func(db *store.DB) error { return local(spool.New(db, nil)) })
+}
+
+// withDB runs remote against the running server, or, when none answers on the
+// socket, local against the database opened directly (Badger allows one
+// process at a time, so it cannot be opened beside a running server).
+// With create, a missing database is made (an operator may add users before
+// the first start).
+func withDB(dir string, create bool, remote func(*admin.Client) error, local func(*store.DB) error) error {
 	err := remote(admin.NewClient(admin.Socket(dir)))
 	if !errors.Is(err, admin.ErrNoServer) {
 		return err
 	}
-	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err != nil && !create {
 		return fmt.Errorf("no relay data in %s: start relay serve there first, or point --data (or RELAY_DATA) at the data directory", dir)
 	}
 	db, err := store.Open(dir, store.Options{})
@@ -67,8 +76,11 @@ func withSpool(dir string, remote func(*admin.Client) error, local func(*spool.S
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	return local(spool.New(db, nil))
+	err = local(db)
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func queueCmd(args []string, stdout, _ io.Writer) error {

@@ -1,0 +1,330 @@
+// Package deliver is the delivery loop: it takes due messages from the
+// spool's due index and delivers each pending recipient, local ones into
+// their mailbox and remote ones through a Remote transport.
+//
+// Local delivery is exactly-once: the mailbox insert and the recipients'
+// new state commit in one Badger transaction (spool.Update), so a crash
+// before the commit leaves the message pending and one after leaves it
+// delivered, never both. Temporary failures are retried with exponential
+// backoff (computed in float seconds, with a little jitter) up to RetryMax
+// apart.
+package deliver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/relaymail/relay/mailbox"
+	"github.com/relaymail/relay/spool"
+)
+
+// Config tunes the loop.
+type Config struct {
+	// Domains are the local domains; recipients there go to mailboxes.
+	Domains []string
+	// Workers bounds how many messages are delivered at once.
+	Workers int
+	// RetryFirst is the delay before the first retry; it doubles with each
+	// attempt up to RetryMax.
+	RetryFirst, RetryMax time.Duration
+}
+
+// Remote delivers recipients outside the local domains. Deliver returns one
+// outcome per index in rcpts.
+type Remote interface {
+	Deliver(ctx context.Context, m *spool.Message, rcpts []int) []Outcome
+}
+
+// Outcome is the result of one delivery attempt for one recipient.
+type Outcome struct {
+	// Err is nil on success; otherwise Permanent says whether to give up.
+	Err       error
+	Permanent bool
+}
+
+// Loop is the delivery loop.
+type Loop struct {
+	cfg    Config
+	spool  *spool.Spool
+	boxes  *mailbox.Store
+	remote Remote
+	log    *slog.Logger
+
+	// BeforeCommit, when set, runs inside the local-delivery transaction
+	// after the mailbox insert and before the commit. Tests use it to
+	// inject a failure or a crash at the one point where exactly-once
+	// delivery could break.
+	BeforeCommit func(id string) error
+
+	mu       sync.Mutex
+	inflight map[string]bool
+	idle     chan struct{}
+}
+
+// New returns a loop. remote may be nil: remote recipients then wait in the
+// queue, retried with backoff, until a transport is configured.
+func New(cfg Config, sp *spool.Spool, boxes *mailbox.Store, remote Remote, log *slog.Logger) *Loop {
+	if cfg.Workers <= 0 {
+		cfg.Workers = 8
+	}
+	if cfg.RetryFirst <= 0 {
+		cfg.RetryFirst = 5 * time.Minute
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = time.Hour
+	}
+	for i, d := range cfg.Domains {
+		cfg.Domains[i] = strings.ToLower(d)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Loop{cfg: cfg, spool: sp, boxes: boxes, remote: remote, log: log,
+		inflight: map[string]bool{}, idle: make(chan struct{}, 1)}
+}
+
+// Run delivers until ctx is cancelled, then waits for deliveries in flight.
+func (l *Loop) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	sem := make(chan struct{}, l.cfg.Workers)
+	for {
+		// Take the change signal before the scan, so a message queued
+		// during the scan still wakes the loop.
+		changed := l.spool.Changed()
+		ids, err := l.spool.Due(l.spool.Now(), 4*l.cfg.Workers+len(l.inflightIDs()))
+		if err != nil {
+			l.log.Error("scan due index", "error", err)
+		}
+		for _, id := range ids {
+			if !l.claim(id) {
+				continue
+			}
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				l.release(id)
+				return
+			}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				defer l.release(id)
+				l.process(ctx, id)
+			})
+		}
+		wait := time.Minute
+		if next, ok, err := l.spool.NextDue(); err == nil && ok {
+			wait = min(wait, max(next.Sub(l.spool.Now()), 10*time.Millisecond))
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-changed:
+		case <-l.idle:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+func (l *Loop) inflightIDs() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ids := make([]string, 0, len(l.inflight))
+	for id := range l.inflight {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+func (l *Loop) claim(id string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.inflight[id] {
+		return false
+	}
+	l.inflight[id] = true
+	return true
+}
+
+func (l *Loop) release(id string) {
+	l.mu.Lock()
+	delete(l.inflight, id)
+	l.mu.Unlock()
+	select {
+	case l.idle <- struct{}{}:
+	default:
+	}
+}
+
+// IsLocal reports whether a recipient address is in a local domain.
+func (l *Loop) IsLocal(rcpt string) bool {
+	at := strings.LastIndexByte(rcpt, '@')
+	return at >= 0 && slices.Contains(l.cfg.Domains, strings.ToLower(rcpt[at+1:]))
+}
+
+// process delivers the due recipients of one message.
+func (l *Loop) process(ctx context.Context, id string) {
+	if err := l.deliverLocal(id); err != nil && !errors.Is(err, spool.ErrNotFound) {
+		l.log.Error("local delivery failed", "id", id, "error", err)
+		l.deferLocal(id, err)
+	}
+	l.deliverRemote(ctx, id)
+}
+
+// deliverLocal files every due local recipient of message id in one
+// transaction: one blob, one INBOX entry per distinct account, and the
+// recipients' final state.
+func (l *Loop) deliverLocal(id string) error {
+	now := l.spool.Now()
+	var users, done []string
+	var arrived time.Time
+	err := l.spool.Update(id, func(txn *badger.Txn, m *spool.Message) error {
+		users, done, arrived = users[:0], done[:0], m.Arrived
+		var idx []int
+		for i, r := range m.Rcpts {
+			if r.State != spool.Pending || r.NextAttempt.After(now) || !l.IsLocal(r.Address) {
+				continue
+			}
+			u := mailbox.Resolve(r.Address)
+			ok, err := mailbox.UserExistsTxn(txn, u)
+			if err != nil {
+				return err
+			}
+			rc := &m.Rcpts[i]
+			rc.Attempts++
+			if !ok {
+				// The account went away after RCPT was accepted.
+				rc.State, rc.LastError = spool.Failed, "550 5.1.1 no such user"
+				continue
+			}
+			idx = append(idx, i)
+			if !slices.Contains(users, u) {
+				users = append(users, u)
+			}
+		}
+		if len(users) == 0 {
+			return nil
+		}
+		body := spool.BodyTxn(txn, m)
+		if err := mailbox.DeliverTxn(txn, mailbox.NewBlobID(), body, users, m.Arrived); err != nil {
+			return err
+		}
+		if l.BeforeCommit != nil {
+			if err := l.BeforeCommit(m.ID); err != nil {
+				return err
+			}
+		}
+		for _, i := range idx {
+			m.Rcpts[i].State, m.Rcpts[i].LastError = spool.Delivered, ""
+			done = append(done, m.Rcpts[i].Address)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, u := range users {
+		l.boxes.Notify(u)
+	}
+	for _, r := range done {
+		l.log.Info("delivered", "id", id, "rcpt", r, "relay", "local", "delay", now.Sub(arrived).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// deferLocal records a failed local attempt so it is retried later instead
+// of at once.
+func (l *Loop) deferLocal(id string, cause error) {
+	now := l.spool.Now()
+	err := l.spool.Update(id, func(_ *badger.Txn, m *spool.Message) error {
+		for i, r := range m.Rcpts {
+			if r.State == spool.Pending && !r.NextAttempt.After(now) && l.IsLocal(r.Address) {
+				l.retryLater(&m.Rcpts[i], now, fmt.Sprintf("451 4.3.0 local delivery failed: %v", cause))
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, spool.ErrNotFound) {
+		l.log.Error("defer failed", "id", id, "error", err)
+	}
+}
+
+// deliverRemote hands due remote recipients to the transport.
+func (l *Loop) deliverRemote(ctx context.Context, id string) {
+	now := l.spool.Now()
+	m, err := l.spool.Get(id)
+	if err != nil {
+		return
+	}
+	var idx []int
+	for i, r := range m.Rcpts {
+		if r.State == spool.Pending && !r.NextAttempt.After(now) && !l.IsLocal(r.Address) {
+			idx = append(idx, i)
+		}
+	}
+	if len(idx) == 0 {
+		return
+	}
+	outcomes := make([]Outcome, len(idx))
+	if l.remote == nil {
+		for i := range outcomes {
+			outcomes[i] = Outcome{Err: errors.New("451 4.4.0 remote delivery is not configured")}
+		}
+	} else {
+		outcomes = l.remote.Deliver(ctx, m, idx)
+	}
+	err = l.spool.Update(id, func(_ *badger.Txn, m *spool.Message) error {
+		for j, i := range idx {
+			rc, o := &m.Rcpts[i], outcomes[j]
+			if rc.State != spool.Pending {
+				continue
+			}
+			switch {
+			case o.Err == nil:
+				rc.Attempts++
+				rc.State, rc.LastError = spool.Delivered, ""
+			case o.Permanent:
+				rc.Attempts++
+				rc.State, rc.LastError = spool.Failed, o.Err.Error()
+			default:
+				l.retryLater(rc, now, o.Err.Error())
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, spool.ErrNotFound) {
+		l.log.Error("record remote outcome", "id", id, "error", err)
+	}
+}
+
+// retryLater counts an attempt and schedules the next one.
+func (l *Loop) retryLater(rc *spool.Recipient, now time.Time, reason string) {
+	rc.Attempts++
+	rc.LastError = reason
+	rc.NextAttempt = now.Add(Backoff(rc.Attempts, l.cfg.RetryFirst, l.cfg.RetryMax, rand.Float64()))
+	l.log.Info("deferred", "rcpt", rc.Address, "attempts", rc.Attempts, "next", rc.NextAttempt, "reason", reason)
+}
+
+// Backoff is the wait after the n-th failed attempt: first, doubling with
+// each attempt, capped at most, computed in float seconds so large n cannot
+// overflow, then spread by up to ±10% (jitter in [0,1)) so that messages
+// deferred together do not retry in lockstep.
+func Backoff(n int, first, most time.Duration, jitter float64) time.Duration {
+	s := first.Seconds() * math.Pow(2, float64(max(n-1, 0)))
+	s = math.Min(s, most.Seconds())
+	s *= 0.9 + 0.2*jitter
+	return time.Duration(s * float64(time.Second))
+}

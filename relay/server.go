@@ -1,0 +1,211 @@
+// Package relay assembles the running relay: it opens the database, starts
+// the SMTP listeners and the admin socket, and shuts them down in order.
+// The protocol work lives in sub-packages (smtpd for ingress); this package
+// only wires them and answers the operators' requests.
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/relaymail/relay/internal/admin"
+	"github.com/relaymail/relay/internal/config"
+	"github.com/relaymail/relay/internal/store"
+	"github.com/relaymail/relay/internal/throttle"
+	"github.com/relaymail/relay/internal/tlsconf"
+	"github.com/relaymail/relay/mailbox"
+	"github.com/relaymail/relay/relay/deliver"
+	"github.com/relaymail/relay/relay/smtpd"
+	"github.com/relaymail/relay/spool"
+)
+
+// Server is one running relay.
+type Server struct {
+	cfg   config.Config
+	log   *slog.Logger
+	db    *store.DB
+	spool *spool.Spool
+	boxes *mailbox.Store
+	certs *tlsconf.Certs
+	loop  *deliver.Loop
+
+	smtps     []smtpListener
+	admin     *admin.Server
+	adminLn   net.Listener
+	listeners map[string]net.Addr
+	// authThrottle is shared by every listener, so a guesser cannot reset
+	// its delay by switching ports.
+	authThrottle *throttle.Throttle
+}
+
+type smtpListener struct {
+	name string
+	srv  *smtpd.Server
+	ln   net.Listener
+}
+
+// New opens the data directory and binds every enabled listener, so that a
+// port conflict or a locked database is reported before anything runs.
+func New(cfg config.Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Data, 0o750); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	db, err := store.Open(cfg.Data, store.Options{Logger: log})
+	if errors.Is(err, store.ErrLocked) {
+		return nil, fmt.Errorf("%s is in use: is another relay serve running with --data %s?", cfg.Data, cfg.Data)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, db: db, spool: spool.New(db, nil), boxes: mailbox.New(db, nil),
+		listeners: map[string]net.Addr{}, authThrottle: throttle.New(time.Second, 15*time.Second)}
+	s.certs, err = tlsconf.Load(cfg.TLSCert, cfg.TLSKey, cfg.Data, cfg.Hostname)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.loop = deliver.New(deliver.Config{
+		Domains:    slices.Clone(cfg.Domains),
+		RetryFirst: time.Duration(cfg.RetryFirst),
+		RetryMax:   time.Duration(cfg.RetryMax),
+	}, s.spool, s.boxes, nil, log.With("component", "deliver"))
+	if err := s.listen(); err != nil {
+		s.closeListeners()
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) listen() error {
+	var err error
+	s.adminLn, err = admin.Listen(admin.Socket(s.cfg.Data))
+	if err != nil {
+		return err
+	}
+	s.admin = admin.NewServer(s.log)
+	s.registerAdmin()
+
+	for _, l := range []struct {
+		name, addr         string
+		submission, direct bool
+	}{
+		{"smtp", s.cfg.SMTP, false, false},
+		{"submission", s.cfg.Submission, true, false},
+		{"submissions", s.cfg.Submissions, true, true},
+	} {
+		if config.Off(l.addr) {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return fmt.Errorf("%s listener: %w", l.name, err)
+		}
+		s.listeners[l.name] = ln.Addr()
+		tlsCfg := s.certs.Config()
+		if l.direct {
+			ln = tls.NewListener(ln, tlsCfg)
+			tlsCfg = nil
+		}
+		srv := smtpd.New(smtpd.Config{
+			Hostname:        s.cfg.Hostname,
+			Domains:         slices.Clone(s.cfg.Domains),
+			MaxMessageBytes: s.cfg.MaxMessageSize,
+			MaxRecipients:   s.cfg.MaxRecipients,
+			CommandTimeout:  time.Duration(s.cfg.SMTPTimeout),
+			DataIdleTimeout: time.Duration(s.cfg.SMTPTimeout),
+			DataTimeout:     time.Duration(s.cfg.DataTimeout),
+			TLS:             tlsCfg,
+			Submission:      l.submission,
+			Accounts:        s.boxes,
+			Throttle:        s.authThrottle,
+		}, s.spool, s.log.With("listener", l.name))
+		s.smtps = append(s.smtps, smtpListener{l.name, srv, ln})
+	}
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range s.smtps {
+		l.ln.Close()
+	}
+	if s.adminLn != nil {
+		s.adminLn.Close()
+	}
+}
+
+// Addr returns the bound address of a listener ("smtp"), or nil when off.
+func (s *Server) Addr(name string) net.Addr { return s.listeners[name] }
+
+// Spool returns the server's queue.
+func (s *Server) Spool() *spool.Spool { return s.spool }
+
+// Mailboxes returns the server's mailbox store.
+func (s *Server) Mailboxes() *mailbox.Store { return s.boxes }
+
+// Deliverer returns the delivery loop (for test hooks).
+func (s *Server) Deliverer() *deliver.Loop { return s.loop }
+
+// Run serves until ctx is cancelled, then stops accepting, lets sessions in
+// flight finish (bounded by ShutdownGrace) and closes the database.
+func (s *Server) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	serve := func(name string, addr net.Addr, fn func() error) {
+		if addr != nil {
+			s.log.Info("listening", "listener", name, "addr", addr.String())
+		}
+		wg.Go(func() {
+			if err := fn(); err != nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		})
+	}
+	serve("admin", nil, func() error { return s.admin.Serve(s.adminLn) })
+	s.log.Info("listening", "listener", "admin", "socket", admin.Socket(s.cfg.Data))
+	for _, l := range s.smtps {
+		serve(l.name, s.listeners[l.name], func() error { return l.srv.Serve(l.ln) })
+	}
+	stopGC := make(chan struct{})
+	wg.Go(func() { s.db.CollectGarbage(10*time.Minute, stopGC) })
+	loopCtx, stopLoop := context.WithCancel(context.Background())
+	wg.Go(func() { s.loop.Run(loopCtx) })
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	s.log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
+	defer cancel()
+	var sw sync.WaitGroup
+	for _, l := range s.smtps {
+		sw.Go(func() { l.srv.Shutdown(sctx) })
+	}
+	sw.Wait()
+	s.admin.Shutdown(sctx)
+	stopLoop()
+	close(stopGC)
+	wg.Wait()
+	if err := s.db.Close(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("close database: %w", err)
+	}
+	os.Remove(admin.Socket(s.cfg.Data))
+	s.log.Info("stopped")
+	return runErr
+}
+
+// ShutdownGrace bounds how long Run waits for sessions in flight.
+const ShutdownGrace = 10 * time.Second

@@ -1,0 +1,306 @@
+package smtpd
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/relaymail/relay/internal/addr"
+	"github.com/relaymail/relay/mailbox"
+	"github.com/relaymail/relay/spool"
+)
+
+// Replies. Each is returned bare, never wrapped (see the package doc).
+var (
+	errRelayDenied = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "relay access denied"}
+	errBadAddress  = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "malformed address"}
+	errBadSender   = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "malformed sender address"}
+	// RFC 6531 §3.4: a non-ASCII address without SMTPUTF8.
+	errNeedUTF8 = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: "non-ASCII address needs SMTPUTF8"}
+	// RFC 5321 §2.3.8: lines end in CRLF only. Accepting a bare LF or CR
+	// lets a client smuggle a second message past a server that reads the
+	// end of data differently (SMTP smuggling).
+	errBareNewline = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "message contains a bare LF or CR; lines must end with CRLF"}
+	errTimeout     = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "timeout reading message data, closing connection"}
+	errLocal       = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary local problem, try again later"}
+	errNoMail      = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
+	errNoUser      = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+	errUserLookup  = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary local problem looking up the recipient"}
+	// RFC 6409 §4.3 and RFC 4954 §4: submission needs AUTH, and AUTH needs
+	// TLS except from trusted networks.
+	errAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "authentication required"}
+	errNeedTLS      = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "must issue STARTTLS first"}
+	errAuthFailed   = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "authentication credentials invalid"}
+	errNoMech       = &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "unrecognized authentication mechanism"}
+	errNotYours     = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "sender address not owned by the authenticated user"}
+)
+
+// session is one SMTP transaction state machine on one connection.
+type session struct {
+	srv  *Server
+	conn *smtp.Conn
+	addr netip.Addr
+	ip   string
+	user string // authenticated account, "" before AUTH
+
+	hasFrom bool
+	from    string
+	params  spool.MailParams
+	rcpts   []spool.Recipient
+
+	closeAfterReply bool
+}
+
+func (s *session) Reset() {
+	if s.closeAfterReply {
+		// go-smtp resets after writing the DATA reply; a timed-out client
+		// may still be sending body bytes that must not be read as
+		// commands (go-smtp #196).
+		s.conn.Close()
+	}
+	s.hasFrom = false
+	s.from = ""
+	s.params = spool.MailParams{}
+	s.rcpts = nil
+}
+
+func (s *session) Logout() error { return nil }
+
+// Mail handles MAIL FROM. The null reverse path <> is allowed on the relay
+// port (bounces); on the submission port the sender must be the
+// authenticated user.
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if s.srv.cfg.Submission {
+		if s.user == "" {
+			return errAuthRequired
+		}
+		if from == "" || mailbox.Resolve(from) != s.user {
+			s.srv.log.Info("rejected", "reason", "sender not owned", "client", s.ip, "user", s.user, "from", from)
+			return errNotYours
+		}
+	}
+	if from != "" {
+		a, err := addr.Parse(from, opts.UTF8)
+		if errors.Is(err, addr.ErrUTF8) {
+			return errNeedUTF8
+		}
+		if err != nil {
+			return errBadSender
+		}
+		from = a.String()
+	}
+	s.Reset()
+	s.hasFrom = true
+	s.from = from
+	s.params = spool.MailParams{
+		Size:     opts.Size,
+		Body:     string(opts.Body),
+		SMTPUTF8: opts.UTF8,
+		Ret:      string(opts.Return),
+		EnvID:    opts.EnvelopeID,
+	}
+	if opts.Auth != nil {
+		s.params.Auth = *opts.Auth
+	}
+	return nil
+}
+
+// Rcpt handles RCPT TO: only local domains are accepted on the relay port.
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if !s.hasFrom {
+		return errNoMail
+	}
+	a, err := addr.Parse(to, s.params.SMTPUTF8)
+	if errors.Is(err, addr.ErrUTF8) {
+		return errNeedUTF8
+	}
+	if err != nil {
+		return errBadAddress
+	}
+	if s.srv.isLocal(a.Domain) {
+		if err := s.checkLocalUser(a); err != nil {
+			return err
+		}
+	} else if s.user == "" {
+		s.srv.log.Info("rejected", "reason", "relay denied", "client", s.ip, "from", s.from, "rcpt", a.String())
+		return errRelayDenied
+	}
+	r := spool.Recipient{Address: a.String()}
+	for _, n := range opts.Notify {
+		r.Notify = append(r.Notify, string(n))
+	}
+	if opts.OriginalRecipient != "" {
+		r.ORcpt = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
+	}
+	s.rcpts = append(s.rcpts, r)
+	return nil
+}
+
+func (s *session) checkLocalUser(a addr.Address) error {
+	acc := s.srv.cfg.Accounts
+	if acc == nil {
+		return nil
+	}
+	ok, err := acc.UserExists(mailbox.Resolve(a.String()))
+	if err != nil {
+		s.srv.log.Error("user lookup failed", "rcpt", a.String(), "error", err)
+		return errUserLookup
+	}
+	if !ok {
+		s.srv.log.Info("rejected", "reason", "no such user", "client", s.ip, "from", s.from, "rcpt", a.String())
+		return errNoUser
+	}
+	return nil
+}
+
+// Data reads the message (DATA or BDAT) into the spool. The Received: header
+// goes first, so its queue ID is chosen before the body is read.
+func (s *session) Data(r io.Reader) error {
+	if !s.hasFrom || len(s.rcpts) == 0 {
+		return errNoMail
+	}
+	sp := s.srv.spool
+	m := &spool.Message{
+		ID:       sp.NewID(),
+		Arrived:  s.srv.now(),
+		ClientIP: s.ip,
+		Helo:     s.conn.Hostname(),
+		From:     s.from,
+		Params:   s.params,
+		Rcpts:    s.rcpts,
+	}
+	dr := &deadlineReader{
+		r:    r,
+		conn: s.conn.Conn(),
+		idle: s.srv.cfg.DataIdleTimeout,
+		end:  time.Now().Add(s.srv.cfg.DataTimeout),
+	}
+	body := io.MultiReader(strings.NewReader(s.received(m)), &crlfReader{r: dr})
+	// go-smtp sets a fresh deadline before it reads the next command, so
+	// the data deadline needs no reset here; after a timeout it must stay
+	// expired so that go-smtp's drain of the rest returns at once.
+	if err := sp.Enqueue(m, body); err != nil {
+		return s.dataError(m, err)
+	}
+	rcpts := make([]string, len(m.Rcpts))
+	for i, rc := range m.Rcpts {
+		rcpts[i] = rc.Address
+	}
+	s.srv.log.Info("accepted", "id", m.ID, "from", m.From, "rcpts", rcpts, "size", m.Size, "client", s.ip, "helo", m.Helo)
+	return nil
+}
+
+// dataError maps a failed enqueue to its reply and logs the cause.
+func (s *session) dataError(m *spool.Message, err error) error {
+	var reply *smtp.SMTPError
+	var ne net.Error
+	switch {
+	case errors.Is(err, smtp.ErrDataTooLarge):
+		reply = smtp.ErrDataTooLarge
+	case errors.Is(err, errBareLine):
+		reply = errBareNewline
+	case errors.As(err, &ne) && ne.Timeout():
+		reply = errTimeout
+		s.closeAfterReply = true
+	case errors.Is(err, smtp.ErrDataReset), errors.Is(err, io.ErrUnexpectedEOF):
+		// The client went away or reset; nobody reads the reply.
+		s.srv.log.Info("aborted", "id", m.ID, "client", s.ip, "error", err)
+		return smtp.ErrDataReset
+	default:
+		reply = errLocal
+	}
+	s.srv.log.Warn("rejected", "id", m.ID, "reason", reply.Message, "client", s.ip, "from", m.From, "error", err)
+	return reply
+}
+
+// received builds the trace header of RFC 5321 §4.4, with the protocol
+// keyword of RFC 3848 and RFC 6531.
+func (s *session) received(m *spool.Message) string {
+	proto := "ESMTP"
+	if s.params.SMTPUTF8 {
+		proto = "UTF8SMTP"
+	}
+	if _, ok := s.conn.TLSConnectionState(); ok {
+		proto += "S"
+	}
+	if s.user != "" {
+		proto += "A"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (relay) with %s id %s", sanitize(m.Helo), s.ip, s.srv.cfg.Hostname, proto, m.ID)
+	if len(m.Rcpts) == 1 {
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", m.Rcpts[0].Address)
+	}
+	fmt.Fprintf(&b, ";\r\n\t%s\r\n", m.Arrived.Format(time.RFC1123Z))
+	return b.String()
+}
+
+// sanitize keeps a client-chosen HELO from breaking the header.
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x21 || r == 0x7f || r == '(' || r == ')' {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+var errBareLine = errors.New("bare LF or CR in message data")
+
+// crlfReader passes data through and fails with errBareLine at the first LF
+// not preceded by CR or CR not followed by LF.
+type crlfReader struct {
+	r      io.Reader
+	prevCR bool
+}
+
+func (c *crlfReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	for i := 0; i < n; i++ {
+		switch b := p[i]; {
+		case c.prevCR && b != '\n':
+			return 0, errBareLine
+		case !c.prevCR && b == '\n':
+			return 0, errBareLine
+		default:
+			c.prevCR = b == '\r'
+		}
+	}
+	if err == io.EOF && c.prevCR {
+		return 0, errBareLine
+	}
+	return n, err
+}
+
+// deadlineReader pushes the connection's read deadline forward as data
+// arrives, up to a hard end, so an idle or very slow client is dropped while a
+// large message on a good link is not (a fixed deadline from the DATA command
+// would cut both).
+type deadlineReader struct {
+	r    io.Reader
+	conn net.Conn
+	idle time.Duration
+	end  time.Time
+}
+
+// maxRead keeps each underlying read small so the idle deadline is renewed
+// often: go-smtp's DATA reader fills the whole buffer before returning.
+const maxRead = 32 << 10
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	dl := time.Now().Add(d.idle)
+	if dl.After(d.end) {
+		dl = d.end
+	}
+	d.conn.SetReadDeadline(dl)
+	if len(p) > maxRead {
+		p = p[:maxRead]
+	}
+	return d.r.Read(p)
+}

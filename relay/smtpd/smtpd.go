@@ -1,0 +1,195 @@
+// Package smtpd is the relay's SMTP ingress: a go-smtp backend that applies
+// the relay policy and writes accepted messages into the spool.
+//
+// Supported extensions: PIPELINING (RFC 2920), 8BITMIME (RFC 6152), SMTPUTF8
+// (RFC 6531), SIZE (RFC 1870), ENHANCEDSTATUSCODES (RFC 2034, 3463), CHUNKING
+// (RFC 3030), DSN (RFC 3461).
+//
+// A message is answered 250 only after spool.Enqueue returned, which means
+// it is committed and synced. Every refusal is a bare *smtp.SMTPError, because
+// go-smtp turns anything else (a wrapped one included) into a 451.
+package smtpd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/relaymail/relay/internal/throttle"
+	"github.com/relaymail/relay/spool"
+)
+
+// Config is the ingress policy.
+type Config struct {
+	// Hostname names this relay in the greeting and in Received: headers.
+	Hostname string
+	// Domains are the local domains: the only ones the relay port accepts
+	// mail for.
+	Domains []string
+	// MaxMessageBytes caps a message (SIZE and the DATA/BDAT stream).
+	MaxMessageBytes int64
+	// MaxRecipients caps RCPT TO per transaction (452 4.5.3 beyond).
+	MaxRecipients int
+	// CommandTimeout bounds the wait for each command line (idle clients).
+	CommandTimeout time.Duration
+	// DataIdleTimeout bounds the wait for more message data; DataTimeout
+	// bounds the whole DATA or BDAT transfer (slow clients).
+	DataIdleTimeout time.Duration
+	DataTimeout     time.Duration
+	// WriteTimeout bounds each reply write.
+	WriteTimeout time.Duration
+	// TLS enables STARTTLS when non-nil.
+	TLS *tls.Config
+
+	// Submission makes this a submission port (RFC 6409): AUTH before
+	// MAIL, MAIL FROM only from the authenticated user's addresses, and
+	// recipients in any domain.
+	Submission bool
+	// Accounts checks local recipients (550 5.1.1 for unknown ones) and
+	// passwords. Nil accepts every local recipient and offers no AUTH.
+	Accounts Accounts
+	// PlainAuthNets are the client networks that may authenticate without
+	// TLS; default loopback only.
+	PlainAuthNets []netip.Prefix
+	// Throttle slows down repeated AUTH failures; nil means a default one.
+	Throttle *throttle.Throttle
+}
+
+// Accounts is what ingress needs of the account store.
+type Accounts interface {
+	// UserExists reports whether an account exists for a resolved address.
+	UserExists(addr string) (bool, error)
+	// Authenticate checks a password and returns the account address.
+	Authenticate(user, password string) (string, error)
+}
+
+// Defaults for the zero fields of Config, close to Postfix's.
+const (
+	DefaultMaxMessageBytes = 50 << 20
+	DefaultMaxRecipients   = 1000
+	DefaultCommandTimeout  = 5 * time.Minute
+	DefaultDataIdleTimeout = 5 * time.Minute
+	DefaultDataTimeout     = 30 * time.Minute
+	DefaultWriteTimeout    = 5 * time.Minute
+)
+
+func (c *Config) setDefaults() {
+	if c.Hostname == "" {
+		c.Hostname = "localhost"
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if c.MaxRecipients == 0 {
+		c.MaxRecipients = DefaultMaxRecipients
+	}
+	if c.CommandTimeout == 0 {
+		c.CommandTimeout = DefaultCommandTimeout
+	}
+	if c.DataIdleTimeout == 0 {
+		c.DataIdleTimeout = DefaultDataIdleTimeout
+	}
+	if c.DataTimeout == 0 {
+		c.DataTimeout = DefaultDataTimeout
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.PlainAuthNets == nil {
+		c.PlainAuthNets = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	}
+	if c.Throttle == nil {
+		c.Throttle = throttle.New(time.Second, 15*time.Second)
+	}
+	for i, d := range c.Domains {
+		c.Domains[i] = strings.ToLower(strings.TrimSuffix(d, "."))
+	}
+}
+
+// Server is one SMTP listener's worth of ingress.
+type Server struct {
+	cfg   Config
+	spool *spool.Spool
+	log   *slog.Logger
+	smtp  *smtp.Server
+	now   func() time.Time
+}
+
+// New returns an ingress server that queues into sp.
+func New(cfg Config, sp *spool.Spool, log *slog.Logger) *Server {
+	cfg.setDefaults()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, spool: sp, log: log, now: sp.Now}
+	srv := smtp.NewServer(s)
+	srv.Domain = cfg.Hostname
+	srv.MaxMessageBytes = cfg.MaxMessageBytes
+	srv.MaxRecipients = cfg.MaxRecipients
+	srv.ReadTimeout = cfg.CommandTimeout
+	srv.WriteTimeout = cfg.WriteTimeout
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.TLSConfig = cfg.TLS
+	// AUTH is offered per connection by session.AuthMechanisms, which
+	// applies PlainAuthNets; go-smtp's own switch would refuse AUTH on
+	// every plain-text connection.
+	srv.AllowInsecureAuth = true
+	srv.ErrorLog = slogErrorLog{log}
+	s.smtp = srv
+	return s
+}
+
+// Serve accepts connections on l until Shutdown or Close.
+func (s *Server) Serve(l net.Listener) error {
+	err := s.smtp.Serve(l)
+	if errors.Is(err, smtp.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting and waits for sessions to end until ctx is done,
+// then drops the rest.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.smtp.Shutdown(ctx)
+	if err != nil {
+		s.smtp.Close()
+	}
+	return err
+}
+
+// NewSession implements smtp.Backend; go-smtp calls it at the first
+// HELO/EHLO.
+func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	sess := &session{srv: s, conn: c}
+	if ap, err := netip.ParseAddrPort(c.Conn().RemoteAddr().String()); err == nil {
+		sess.addr = ap.Addr().Unmap()
+		sess.ip = sess.addr.String()
+	}
+	return sess, nil
+}
+
+func (s *Server) isLocal(domain string) bool {
+	return slices.Contains(s.cfg.Domains, domain)
+}
+
+// slogErrorLog adapts go-smtp's internal error log (panics, accept errors).
+type slogErrorLog struct{ l *slog.Logger }
+
+func (e slogErrorLog) Printf(format string, v ...any) {
+	e.l.Error("smtp server", "detail", strings.TrimSpace(fmt.Sprintf(format, v...)))
+}
+
+func (e slogErrorLog) Println(v ...any) {
+	e.l.Error("smtp server", "detail", strings.TrimSpace(fmt.Sprintln(v...)))
+}
