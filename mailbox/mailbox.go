@@ -21,6 +21,10 @@ type Mailbox struct {
 	// needs no scan.
 	Messages uint32 `json:"messages"`
 	Size     int64  `json:"size"`
+	Unseen   uint32 `json:"unseen"`
+	// FirstRecent is the lowest UID not yet claimed as \Recent by a
+	// session (ClaimRecent).
+	FirstRecent uint32 `json:"first_recent,omitempty"`
 }
 
 // Delimiter is the hierarchy delimiter of mailbox names.

@@ -75,6 +75,9 @@ func AppendTxn(txn *badger.Txn, user, mailbox, blob string, size int64, date tim
 	mb.UIDNext++
 	mb.Messages++
 	mb.Size += size
+	if !hasFlag(flags, FlagSeen) {
+		mb.Unseen++
+	}
 	m := Message{UID: uid, Blob: blob, Size: size, Date: date.UTC().Truncate(time.Second), Flags: flags}
 	if err := putJSON(txn, msgKey(mb.ID, uid), m); err != nil {
 		return nil, 0, err

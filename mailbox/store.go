@@ -30,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -56,8 +57,8 @@ type Store struct {
 	db  *store.DB
 	now func() time.Time
 
-	mu       sync.Mutex
-	watchers map[string][]chan struct{} // user -> change signals
+	mu   sync.Mutex
+	subs map[string][]*Subscription // by user
 }
 
 // New returns the store on db; now is the clock (nil for time.Now).
@@ -65,50 +66,113 @@ func New(db *store.DB, now func() time.Time) *Store {
 	if now == nil {
 		now = time.Now
 	}
-	return &Store{db: db, now: now, watchers: map[string][]chan struct{}{}}
+	return &Store{db: db, now: now, subs: map[string][]*Subscription{}}
 }
 
 // DB returns the underlying database (for transactions that span packages).
 func (s *Store) DB() *store.DB { return s.db }
 
-// Watch returns a channel that receives a value after each committed change
-// to user's mailboxes, and a function to stop watching. Signals coalesce: a
-// slow watcher sees one signal for many changes.
-func (s *Store) Watch(user string) (<-chan struct{}, func()) {
+// Event is a committed change that sessions with a mailbox selected must
+// hear of. A zero Event (no mailbox) only says "look for new messages".
+type Event struct {
+	Mailbox  uint64
+	Expunged []uint32 // UIDs removed, ascending
+	Flags    []uint32 // UIDs whose flags changed
+	// Source is the session that made the change, so that its own
+	// change is not reported back to it.
+	Source any
+}
+
+// Subscription receives a user's events. C gets a value whenever events are
+// waiting; Drain takes them.
+type Subscription struct {
+	C <-chan struct{}
+	c chan struct{}
+
+	mu       sync.Mutex
+	events   []Event
+	overflow bool
+	store    *Store
+	user     string
+}
+
+// maxQueued bounds a subscription's backlog; past it the subscriber is told
+// to resynchronise instead (Drain's overflow).
+const maxQueued = 10000
+
+// Subscribe starts receiving user's events. Close it when done.
+func (s *Store) Subscribe(user string) *Subscription {
 	user = NormalizeUser(user)
-	ch := make(chan struct{}, 1)
+	c := make(chan struct{}, 1)
+	sub := &Subscription{C: c, c: c, store: s, user: user}
 	s.mu.Lock()
-	s.watchers[user] = append(s.watchers[user], ch)
+	s.subs[user] = append(s.subs[user], sub)
 	s.mu.Unlock()
-	return ch, func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		ws := s.watchers[user]
-		for i, w := range ws {
-			if w == ch {
-				s.watchers[user] = append(ws[:i:i], ws[i+1:]...)
-				break
-			}
-		}
-		if len(s.watchers[user]) == 0 {
-			delete(s.watchers, user)
-		}
+	return sub
+}
+
+// Drain returns the waiting events; overflow says some were dropped and the
+// caller must re-read its state from the store.
+func (sub *Subscription) Drain() (events []Event, overflow bool) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	events, overflow = sub.events, sub.overflow
+	sub.events, sub.overflow = nil, false
+	return events, overflow
+}
+
+// Close stops the subscription.
+func (sub *Subscription) Close() {
+	s := sub.store
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	subs := s.subs[sub.user]
+	if i := slices.Index(subs, sub); i >= 0 {
+		s.subs[sub.user] = slices.Delete(subs, i, i+1)
+	}
+	if len(s.subs[sub.user]) == 0 {
+		delete(s.subs, sub.user)
 	}
 }
 
-// Notify tells user's watchers that a committed change happened. Callers
-// that write with the *Txn functions call it after their commit.
-func (s *Store) Notify(user string) {
-	user = NormalizeUser(user)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, ch := range s.watchers[user] {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
+func (sub *Subscription) push(ev Event) {
+	sub.mu.Lock()
+	if len(sub.events) >= maxQueued {
+		sub.overflow = true
+		sub.events = nil
+	}
+	if ev.Mailbox != 0 && !sub.overflow {
+		sub.events = append(sub.events, ev)
+	}
+	sub.mu.Unlock()
+	select {
+	case sub.c <- struct{}{}:
+	default:
 	}
 }
+
+// publish hands ev to every subscription of user. Callers publish only after
+// the change committed.
+func (s *Store) publish(user string, ev Event) {
+	user = NormalizeUser(user)
+	s.mu.Lock()
+	subs := slices.Clone(s.subs[user])
+	s.mu.Unlock()
+	for _, sub := range subs {
+		sub.push(ev)
+	}
+}
+
+// Watch returns a channel that receives a value after each committed change
+// to user's mailboxes, and a function to stop watching. Signals coalesce.
+func (s *Store) Watch(user string) (<-chan struct{}, func()) {
+	sub := s.Subscribe(user)
+	return sub.C, sub.Close
+}
+
+// Notify tells user's watchers that messages may have arrived. Callers that
+// write with the *Txn functions call it after their commit.
+func (s *Store) Notify(user string) { s.publish(user, Event{}) }
 
 // NormalizeUser lower-cases an account address: local parts are matched
 // without regard to case, as most mail systems do.

@@ -22,6 +22,7 @@ import (
 	"github.com/relaymail/relay/internal/throttle"
 	"github.com/relaymail/relay/internal/tlsconf"
 	"github.com/relaymail/relay/mailbox"
+	"github.com/relaymail/relay/mailbox/imapd"
 	"github.com/relaymail/relay/relay/deliver"
 	"github.com/relaymail/relay/relay/smtpd"
 	"github.com/relaymail/relay/spool"
@@ -38,12 +39,19 @@ type Server struct {
 	loop  *deliver.Loop
 
 	smtps     []smtpListener
+	imaps     []imapListener
 	admin     *admin.Server
 	adminLn   net.Listener
 	listeners map[string]net.Addr
 	// authThrottle is shared by every listener, so a guesser cannot reset
 	// its delay by switching ports.
 	authThrottle *throttle.Throttle
+}
+
+type imapListener struct {
+	name string
+	srv  *imapd.Server
+	ln   net.Listener
 }
 
 type smtpListener struct {
@@ -133,11 +141,42 @@ func (s *Server) listen() error {
 		}, s.spool, s.log.With("listener", l.name))
 		s.smtps = append(s.smtps, smtpListener{l.name, srv, ln})
 	}
+	for _, l := range []struct {
+		name, addr string
+		direct     bool
+	}{
+		{"imap", s.cfg.IMAP, false},
+		{"imaps", s.cfg.IMAPS, true},
+	} {
+		if config.Off(l.addr) {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return fmt.Errorf("%s listener: %w", l.name, err)
+		}
+		s.listeners[l.name] = ln.Addr()
+		tlsCfg := s.certs.Config()
+		if l.direct {
+			ln = tls.NewListener(ln, tlsCfg)
+			tlsCfg = nil
+		}
+		srv := imapd.New(imapd.Config{
+			TLS:         tlsCfg,
+			Throttle:    s.authThrottle,
+			AppendLimit: uint32(min(s.cfg.MaxMessageSize, 1<<32-1)),
+			Log:         s.log.With("listener", l.name),
+		}, s.boxes)
+		s.imaps = append(s.imaps, imapListener{l.name, srv, ln})
+	}
 	return nil
 }
 
 func (s *Server) closeListeners() {
 	for _, l := range s.smtps {
+		l.ln.Close()
+	}
+	for _, l := range s.imaps {
 		l.ln.Close()
 	}
 	if s.adminLn != nil {
@@ -177,6 +216,9 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, l := range s.smtps {
 		serve(l.name, s.listeners[l.name], func() error { return l.srv.Serve(l.ln) })
 	}
+	for _, l := range s.imaps {
+		serve(l.name, s.listeners[l.name], func() error { return l.srv.Serve(l.ln) })
+	}
 	stopGC := make(chan struct{})
 	wg.Go(func() { s.db.CollectGarbage(10*time.Minute, stopGC) })
 	loopCtx, stopLoop := context.WithCancel(context.Background())
@@ -195,6 +237,12 @@ func (s *Server) Run(ctx context.Context) error {
 		sw.Go(func() { l.srv.Shutdown(sctx) })
 	}
 	sw.Wait()
+	// IMAP sessions hold no transaction open between commands; closing
+	// them drops idle clients, which reconnect.
+	for _, l := range s.imaps {
+		l.ln.Close()
+		l.srv.Close()
+	}
 	s.admin.Shutdown(sctx)
 	stopLoop()
 	close(stopGC)

@@ -1,0 +1,291 @@
+package imapd
+
+import (
+	"bufio"
+	"io"
+	"mime"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+	gomessage "github.com/emersion/go-message"
+	// Importing charset registers its decoders with go-message, so SEARCH
+	// and ENVELOPE read ISO-8859-x, Windows-125x and the other charsets
+	// mail still uses.
+	"github.com/emersion/go-message/charset"
+	"github.com/emersion/go-message/mail"
+	"github.com/emersion/go-message/textproto"
+
+	"github.com/relaymail/relay/mailbox"
+)
+
+// candidate is one message under evaluation, with its text parsed only when
+// a criterion needs it.
+type candidate struct {
+	seq    uint32
+	m      mailbox.Message
+	v      *view
+	c      *content
+	parsed bool
+	hdr    textproto.Header
+	body   string // decoded text of the text parts, lower-cased
+	hdrTxt string // decoded header fields, lower-cased
+}
+
+func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
+	v := s.sel
+	var hits []uint32 // UIDs
+	seqOf := map[uint32]uint32{}
+	err := s.srv.boxes.ForEachMessage(v.id, func(m mailbox.Message) error {
+		seq := v.seqOf(m.UID)
+		if seq == 0 {
+			return nil // not announced to this session yet
+		}
+		c := &candidate{seq: seq, m: m, v: v, c: &content{boxes: s.srv.boxes, m: m}}
+		if c.match(criteria) {
+			hits = append(hits, m.UID)
+			seqOf[m.UID] = seq
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, imapError(err)
+	}
+	if options.ReturnSave {
+		v.searchRes = hits
+	}
+	data := &imap.SearchData{Count: uint32(len(hits))}
+	if kind == imapserver.NumKindUID {
+		var set imap.UIDSet
+		for _, uid := range hits {
+			set.AddNum(imap.UID(uid))
+		}
+		data.All = set
+		if len(hits) > 0 {
+			data.Min, data.Max = hits[0], hits[len(hits)-1]
+		}
+	} else {
+		var set imap.SeqSet
+		for _, uid := range hits {
+			set.AddNum(seqOf[uid])
+		}
+		data.All = set
+		if len(hits) > 0 {
+			data.Min, data.Max = seqOf[hits[0]], seqOf[hits[len(hits)-1]]
+		}
+	}
+	return data, nil
+}
+
+// match evaluates all of c's criteria (RFC 3501 §6.4.4), cheapest first.
+func (c *candidate) match(cr *imap.SearchCriteria) bool {
+	n := uint32(len(c.v.uids))
+	for _, set := range cr.SeqNum {
+		if !seqSetHas(set, c.seq, n) {
+			return false
+		}
+	}
+	for _, set := range cr.UID {
+		if !uidSetHas(set, c.m.UID, c.v.lastUID()) {
+			return false
+		}
+	}
+	for _, f := range cr.Flag {
+		if !c.hasFlag(f) {
+			return false
+		}
+	}
+	for _, f := range cr.NotFlag {
+		if c.hasFlag(f) {
+			return false
+		}
+	}
+	if cr.Larger > 0 && c.m.Size <= cr.Larger {
+		return false
+	}
+	if cr.Smaller > 0 && c.m.Size >= cr.Smaller {
+		return false
+	}
+	if !dateIn(c.m.Date, cr.Since, cr.Before) {
+		return false
+	}
+	if !cr.SentSince.IsZero() || !cr.SentBefore.IsZero() {
+		c.parse()
+		mh := mail.Header{Header: gomessage.Header{Header: c.hdr}}
+		sent, err := mh.Date()
+		if err != nil || !dateIn(sent, cr.SentSince, cr.SentBefore) {
+			return false
+		}
+	}
+	for _, h := range cr.Header {
+		c.parse()
+		if !c.headerHas(h.Key, h.Value) {
+			return false
+		}
+	}
+	for _, b := range cr.Body {
+		c.parse()
+		if !strings.Contains(c.body, strings.ToLower(b)) {
+			return false
+		}
+	}
+	for _, t := range cr.Text {
+		c.parse()
+		t = strings.ToLower(t)
+		if !strings.Contains(c.hdrTxt, t) && !strings.Contains(c.body, t) {
+			return false
+		}
+	}
+	for _, not := range cr.Not {
+		if c.match(&not) {
+			return false
+		}
+	}
+	for _, or := range cr.Or {
+		if !c.match(&or[0]) && !c.match(&or[1]) {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *candidate) hasFlag(f imap.Flag) bool {
+	if strings.EqualFold(string(f), `\Recent`) {
+		return c.v.recent[c.m.UID]
+	}
+	for _, x := range c.m.Flags {
+		if strings.EqualFold(x, string(f)) {
+			return true
+		}
+	}
+	return false
+}
+
+// dateIn compares dates only, ignoring time and zone (RFC 3501 §6.4.4).
+func dateIn(t, since, before time.Time) bool {
+	day := func(t time.Time) time.Time { return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC) }
+	if !since.IsZero() && day(t).Before(day(since)) {
+		return false
+	}
+	if !before.IsZero() && !day(t).Before(day(before)) {
+		return false
+	}
+	return true
+}
+
+func seqSetHas(set imap.SeqSet, seq, n uint32) bool {
+	for _, r := range set {
+		lo, hi := r.Start, r.Stop
+		if lo == 0 {
+			lo = n
+		}
+		if hi == 0 {
+			hi = n
+		}
+		if lo > hi {
+			lo, hi = hi, lo
+		}
+		if seq >= lo && seq <= hi {
+			return true
+		}
+	}
+	return false
+}
+
+func uidSetHas(set imap.UIDSet, uid, last uint32) bool {
+	for _, r := range set {
+		lo, hi := uint32(r.Start), uint32(r.Stop)
+		if lo == 0 {
+			lo = last
+		}
+		if hi == 0 {
+			hi = last
+		}
+		if lo > hi {
+			lo, hi = hi, lo
+		}
+		if uid >= lo && uid <= hi {
+			return true
+		}
+	}
+	return false
+}
+
+// headerHas: an empty value asks whether the field exists; otherwise a
+// case-insensitive substring of the decoded field value.
+func (c *candidate) headerHas(key, value string) bool {
+	fields := c.hdr.FieldsByKey(key)
+	value = strings.ToLower(value)
+	for fields.Next() {
+		if value == "" {
+			return true
+		}
+		raw := fields.Value()
+		if strings.Contains(strings.ToLower(decodeWords(raw)), value) || strings.Contains(strings.ToLower(raw), value) {
+			return true
+		}
+	}
+	return false
+}
+
+// maxSearchText bounds how much decoded text of one message SEARCH looks
+// at, so a huge attachment-like text part cannot stall the server.
+const maxSearchText = 4 << 20
+
+// parse decodes the header and the text parts once.
+func (c *candidate) parse() {
+	if c.parsed {
+		return
+	}
+	c.parsed = true
+	br := bufio.NewReader(c.c.reader())
+	h, err := textproto.ReadHeader(br)
+	if err != nil {
+		return
+	}
+	c.hdr = h
+	var ht strings.Builder
+	fields := h.Fields()
+	for fields.Next() {
+		ht.WriteString(fields.Key())
+		ht.WriteString(": ")
+		ht.WriteString(decodeWords(fields.Value()))
+		ht.WriteString("\n")
+	}
+	c.hdrTxt = strings.ToLower(ht.String())
+	e, err := gomessage.New(gomessage.Header{Header: h}, br)
+	if e == nil {
+		return
+	}
+	var body strings.Builder
+	_ = e.Walk(func(_ []int, part *gomessage.Entity, err error) error {
+		if err != nil || part.MultipartReader() != nil {
+			return nil
+		}
+		t, _, _ := part.Header.ContentType()
+		if t != "" && !strings.HasPrefix(t, "text/") {
+			return nil
+		}
+		b, _ := io.ReadAll(io.LimitReader(part.Body, int64(maxSearchText-body.Len())))
+		body.Write(b)
+		body.WriteByte('\n')
+		if body.Len() >= maxSearchText {
+			return io.EOF
+		}
+		return nil
+	})
+	c.body = strings.ToLower(body.String())
+}
+
+var wordDecoder = &mime.WordDecoder{CharsetReader: charset.Reader}
+
+// decodeWords decodes RFC 2047 encoded words; a value that does not decode
+// is searched as it is.
+func decodeWords(v string) string {
+	d, err := wordDecoder.DecodeHeader(v)
+	if err != nil {
+		return v
+	}
+	return d
+}

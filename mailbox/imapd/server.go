@@ -1,0 +1,181 @@
+// Package imapd is the IMAP front end of the mailbox store, on go-imap v2's
+// imapserver: IMAP4rev1 (RFC 3501) and IMAP4rev2 (RFC 9051) with IDLE
+// (RFC 2177), UIDPLUS (RFC 4315), MOVE (RFC 6851), SPECIAL-USE and
+// CREATE-SPECIAL-USE (RFC 6154), ESEARCH (RFC 4731), SEARCHRES (RFC 5182),
+// LIST-EXTENDED and LIST-STATUS (RFC 5258, 5819), STATUS=SIZE (RFC 8438),
+// NAMESPACE (RFC 2342), BINARY (RFC 3516), LITERAL+ (RFC 7888), APPENDLIMIT
+// (RFC 7889), UNSELECT and ENABLE.
+//
+// Each selected session keeps its own sequence-number map (the UIDs it has
+// announced) and learns of other sessions' changes through the store's
+// events, which are published only after their commit. New messages are
+// found by UID (above the highest one the session knows), expunges and flag
+// changes by the UIDs the events name; so a session's view never depends on
+// the order in which concurrent writers published.
+package imapd
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+
+	"github.com/relaymail/relay/internal/throttle"
+	"github.com/relaymail/relay/mailbox"
+)
+
+// Config is the IMAP front end's setup.
+type Config struct {
+	// TLS enables STARTTLS when non-nil.
+	TLS *tls.Config
+	// PlainAuthNets are the client networks that may log in without TLS;
+	// elsewhere LOGINDISABLED is advertised until STARTTLS. Default loopback.
+	PlainAuthNets []netip.Prefix
+	// Throttle slows down repeated login failures (shared with SMTP).
+	Throttle *throttle.Throttle
+	// AppendLimit is the largest message APPEND accepts.
+	AppendLimit uint32
+	// Log receives one line per login and failure.
+	Log *slog.Logger
+}
+
+// Server serves IMAP on listeners.
+type Server struct {
+	cfg   Config
+	boxes *mailbox.Store
+	// Two imapserver instances differ only in whether plain-text login is
+	// allowed: the library decides that per server, the relay per client
+	// network.
+	trusted, untrusted *imapserver.Server
+}
+
+// New returns an IMAP server on boxes.
+func New(cfg Config, boxes *mailbox.Store) *Server {
+	if cfg.PlainAuthNets == nil {
+		cfg.PlainAuthNets = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.AppendLimit == 0 {
+		cfg.AppendLimit = 50 << 20
+	}
+	s := &Server{cfg: cfg, boxes: boxes}
+	// IMAP4rev2 brings NAMESPACE, UIDPLUS, ESEARCH, SEARCHRES,
+	// LIST-EXTENDED, LIST-STATUS, MOVE, STATUS=SIZE and CHILDREN to
+	// IMAP4rev1 clients too.
+	caps := imap.CapSet{
+		imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {},
+		imap.CapSpecialUse: {}, imap.CapCreateSpecialUse: {},
+		imap.CapLiteralPlus: {}, imap.CapBinary: {},
+	}
+	mk := func(insecure bool) *imapserver.Server {
+		return imapserver.New(&imapserver.Options{
+			NewSession:   s.newSession,
+			Caps:         caps,
+			TLSConfig:    cfg.TLS,
+			InsecureAuth: insecure,
+			Logger:       logAdapter{cfg.Log},
+		})
+	}
+	s.trusted, s.untrusted = mk(true), mk(false)
+	return s
+}
+
+func (s *Server) newSession(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+	sess := &session{srv: s, conn: c}
+	if ap, err := netip.ParseAddrPort(c.NetConn().RemoteAddr().String()); err == nil {
+		sess.ip = ap.Addr().Unmap().String()
+	}
+	return sess, nil, nil
+}
+
+func (s *Server) trustedAddr(a net.Addr) bool {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return false
+	}
+	for _, p := range s.cfg.PlainAuthNets {
+		if p.Contains(ap.Addr().Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
+// Serve accepts connections on ln until Close, handing each to the server
+// instance its client network calls for.
+func (s *Server) Serve(ln net.Listener) error {
+	tr, un := newChanListener(ln), newChanListener(ln)
+	var wg sync.WaitGroup
+	wg.Go(func() { s.trusted.Serve(tr) })
+	wg.Go(func() { s.untrusted.Serve(un) })
+	var err error
+	for {
+		c, aerr := ln.Accept()
+		if aerr != nil {
+			if !errors.Is(aerr, net.ErrClosed) {
+				err = aerr
+			}
+			break
+		}
+		to := un
+		if _, isTLS := c.(*tls.Conn); isTLS || s.trustedAddr(c.RemoteAddr()) {
+			to = tr
+		}
+		select {
+		case to.ch <- c:
+		case <-to.done:
+			c.Close()
+		}
+	}
+	tr.Close()
+	un.Close()
+	wg.Wait()
+	return err
+}
+
+// Close closes every connection; imapserver has no graceful shutdown.
+func (s *Server) Close() error {
+	return errors.Join(s.trusted.Close(), s.untrusted.Close())
+}
+
+// chanListener feeds connections accepted elsewhere to an imapserver.
+type chanListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	once sync.Once
+	done chan struct{}
+}
+
+func newChanListener(l net.Listener) *chanListener {
+	return &chanListener{addr: l.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }
+
+type logAdapter struct{ l *slog.Logger }
+
+func (a logAdapter) Printf(format string, args ...any) {
+	a.l.Warn("imap server", "detail", fmt.Sprintf(format, args...))
+}

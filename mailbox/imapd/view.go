@@ -1,0 +1,392 @@
+package imapd
+
+import (
+	"errors"
+	"slices"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+
+	"github.com/relaymail/relay/mailbox"
+)
+
+// view is a selected mailbox as one session sees it: the UIDs it has
+// announced, in sequence-number order, and its \Recent messages.
+type view struct {
+	s           *session
+	name        string
+	id          uint64
+	readOnly    bool
+	uidValidity uint32
+	uidNext     uint32
+
+	uids   []uint32 // sequence number n is uids[n-1]
+	recent map[uint32]bool
+
+	// Changes by other sessions not yet reported: expunges wait for a
+	// command that allows them (not FETCH, STORE or SEARCH).
+	pendingExpunge []uint32
+	pendingFlags   map[uint32]bool
+
+	searchRes []uint32 // SEARCHRES "$"
+}
+
+func openView(s *session, name string, readOnly bool) (*view, error) {
+	boxes := s.srv.boxes
+	mb, err := boxes.GetMailbox(s.user, name)
+	if err != nil {
+		return nil, err
+	}
+	// Events before this point describe a state the scan below already
+	// includes.
+	s.sub.Drain()
+	uids, err := boxes.UIDs(mb.ID)
+	if err != nil {
+		return nil, err
+	}
+	v := &view{s: s, name: mb.Name, id: mb.ID, readOnly: readOnly, uidValidity: mb.UIDValidity,
+		uidNext: mb.UIDNext, uids: uids, recent: map[uint32]bool{}, pendingFlags: map[uint32]bool{}}
+	if n := len(uids); n > 0 && uids[n-1] >= v.uidNext {
+		v.uidNext = uids[n-1] + 1
+	}
+	if !readOnly {
+		if err := v.claimRecent(); err != nil {
+			return nil, err
+		}
+	}
+	return v, nil
+}
+
+func (v *view) claimRecent() error {
+	first, next, err := v.s.srv.boxes.ClaimRecent(v.s.user, v.name)
+	if err != nil {
+		return err
+	}
+	for _, uid := range v.uids {
+		if uid >= first && uid < next {
+			v.recent[uid] = true
+		}
+	}
+	return nil
+}
+
+func (v *view) lastUID() uint32 {
+	if len(v.uids) == 0 {
+		return 0
+	}
+	return v.uids[len(v.uids)-1]
+}
+
+// seqOf returns the sequence number of uid, or 0.
+func (v *view) seqOf(uid uint32) uint32 {
+	i, ok := slices.BinarySearch(v.uids, uid)
+	if !ok {
+		return 0
+	}
+	return uint32(i + 1)
+}
+
+// sync reports other sessions' changes: expunges (when allowed), new
+// messages and flag changes. changed says the subscription signalled.
+func (v *view) sync(w *imapserver.UpdateWriter, allowExpunge, changed bool) error {
+	boxes := v.s.srv.boxes
+	newMsgs := false
+	if changed {
+		events, overflow := v.s.sub.Drain()
+		if overflow {
+			if err := v.resync(); err != nil {
+				return err
+			}
+		}
+		for _, ev := range events {
+			if ev.Mailbox != v.id || ev.Source == v.s {
+				continue
+			}
+			v.pendingExpunge = append(v.pendingExpunge, ev.Expunged...)
+			for _, uid := range ev.Flags {
+				v.pendingFlags[uid] = true
+			}
+		}
+		newMsgs = true
+	}
+	if allowExpunge && len(v.pendingExpunge) > 0 {
+		for _, uid := range v.pendingExpunge {
+			if seq := v.seqOf(uid); seq != 0 {
+				v.remove(seq)
+				delete(v.pendingFlags, uid)
+				if err := w.WriteExpunge(seq); err != nil {
+					return err
+				}
+			}
+		}
+		v.pendingExpunge = v.pendingExpunge[:0]
+	}
+	if newMsgs {
+		added, err := boxes.UIDsAfter(v.id, v.lastUID())
+		if err != nil {
+			return err
+		}
+		if len(added) > 0 {
+			v.uids = append(v.uids, added...)
+			v.uidNext = max(v.uidNext, added[len(added)-1]+1)
+			if !v.readOnly {
+				if err := v.claimRecent(); err != nil {
+					return err
+				}
+			}
+			if err := w.WriteNumMessages(uint32(len(v.uids))); err != nil {
+				return err
+			}
+			if err := w.WriteNumRecent(uint32(len(v.recent))); err != nil {
+				return err
+			}
+		}
+	}
+	if len(v.pendingFlags) > 0 {
+		uids := make([]uint32, 0, len(v.pendingFlags))
+		for uid := range v.pendingFlags {
+			uids = append(uids, uid)
+		}
+		slices.Sort(uids)
+		clear(v.pendingFlags)
+		msgs, err := boxes.GetMessages(v.id, uids)
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			if seq := v.seqOf(m.UID); seq != 0 {
+				if err := w.WriteMessageFlags(seq, imap.UID(m.UID), v.flags(m)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// resync rebuilds pending changes from the store after the subscription
+// lost events: every UID that vanished is an expunge, every message's flags
+// are re-sent.
+func (v *view) resync() error {
+	now, err := v.s.srv.boxes.UIDs(v.id)
+	if err != nil {
+		return err
+	}
+	for _, uid := range v.uids {
+		if _, ok := slices.BinarySearch(now, uid); ok {
+			v.pendingFlags[uid] = true
+		} else {
+			v.pendingExpunge = append(v.pendingExpunge, uid)
+		}
+	}
+	return nil
+}
+
+func (v *view) remove(seq uint32) {
+	uid := v.uids[seq-1]
+	v.uids = slices.Delete(v.uids, int(seq-1), int(seq))
+	delete(v.recent, uid)
+}
+
+// flags are a message's stored flags plus \Recent when this session holds it.
+func (v *view) flags(m mailbox.Message) []imap.Flag {
+	out := make([]imap.Flag, 0, len(m.Flags)+1)
+	for _, f := range m.Flags {
+		out = append(out, imap.Flag(f))
+	}
+	if v.recent[m.UID] {
+		out = append(out, imap.Flag(`\Recent`))
+	}
+	return out
+}
+
+// resolve turns a sequence set, UID set or "$" into UIDs of this view, in
+// ascending order. "*" is the last message (RFC 3501 §6.4.8: n:* includes
+// the highest UID even when n is above it). Numbers outside the view are
+// ignored.
+func (v *view) resolve(numSet imap.NumSet) []uint32 {
+	if imap.IsSearchRes(numSet) {
+		var out []uint32
+		for _, uid := range v.searchRes {
+			if v.seqOf(uid) != 0 {
+				out = append(out, uid)
+			}
+		}
+		return out
+	}
+	n := uint32(len(v.uids))
+	var out []uint32
+	switch set := numSet.(type) {
+	case imap.SeqSet:
+		for _, r := range set {
+			lo, hi := r.Start, r.Stop
+			if lo == 0 {
+				lo = n
+			}
+			if hi == 0 {
+				hi = n
+			}
+			if lo > hi {
+				lo, hi = hi, lo
+			}
+			for seq := max(lo, 1); seq <= min(hi, n); seq++ {
+				out = append(out, v.uids[seq-1])
+			}
+		}
+	case imap.UIDSet:
+		last := v.lastUID()
+		for _, r := range set {
+			lo, hi := uint32(r.Start), uint32(r.Stop)
+			if lo == 0 {
+				lo = last
+			}
+			if hi == 0 {
+				hi = last
+			}
+			if lo > hi {
+				lo, hi = hi, lo
+			}
+			i, _ := slices.BinarySearch(v.uids, lo)
+			for ; i < len(v.uids) && v.uids[i] <= hi; i++ {
+				out = append(out, v.uids[i])
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+var errReadOnly = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCode("READ-ONLY"), Text: "mailbox is read-only (EXAMINE)"}
+
+func (s *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *imap.StoreFlags, options *imap.StoreOptions) error {
+	v := s.sel
+	if v.readOnly {
+		return errReadOnly
+	}
+	uids := v.resolve(numSet)
+	if len(uids) == 0 {
+		return nil
+	}
+	fl := make([]string, len(flags.Flags))
+	for i, f := range flags.Flags {
+		fl[i] = string(f)
+	}
+	op := map[imap.StoreFlagsOp]mailbox.FlagOp{
+		imap.StoreFlagsSet: mailbox.FlagsReplace, imap.StoreFlagsAdd: mailbox.FlagsAdd, imap.StoreFlagsDel: mailbox.FlagsRemove,
+	}[flags.Op]
+	changes, err := s.srv.boxes.SetFlags(s.user, v.name, uids, op, fl, s)
+	if err != nil {
+		return imapError(err)
+	}
+	if flags.Silent {
+		return nil
+	}
+	_, byUID := numSet.(imap.UIDSet)
+	for _, c := range changes {
+		seq := v.seqOf(c.UID)
+		if seq == 0 {
+			continue
+		}
+		rw := w.CreateMessage(seq)
+		if byUID {
+			rw.WriteUID(imap.UID(c.UID))
+		}
+		rw.WriteFlags(v.flags(mailbox.Message{UID: c.UID, Flags: c.Flags}))
+		if err := rw.Close(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error {
+	v := s.sel
+	if v.readOnly {
+		// CLOSE on an EXAMINEd mailbox must not expunge (RFC 3501
+		// §6.4.2); the library calls Expunge for it all the same.
+		return nil
+	}
+	var only []uint32
+	if uids != nil {
+		only = v.resolve(*uids)
+		if len(only) == 0 {
+			return nil
+		}
+	}
+	gone, err := s.srv.boxes.Expunge(s.user, v.name, only, s)
+	if err != nil {
+		return imapError(err)
+	}
+	for _, uid := range gone {
+		if seq := v.seqOf(uid); seq != 0 {
+			v.remove(seq)
+			if err := w.WriteExpunge(seq); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (s *session) Copy(numSet imap.NumSet, dest string) (*imap.CopyData, error) {
+	res, err := s.copy(numSet, dest, false)
+	if err != nil {
+		return nil, err
+	}
+	return copyData(res), nil
+}
+
+func copyData(res *mailbox.CopyResult) *imap.CopyData {
+	d := &imap.CopyData{UIDValidity: res.UIDValidity}
+	for i := range res.SrcUIDs {
+		d.SourceUIDs.AddNum(imap.UID(res.SrcUIDs[i]))
+		d.DestUIDs.AddNum(imap.UID(res.DstUIDs[i]))
+	}
+	return d
+}
+
+func (s *session) copy(numSet imap.NumSet, dest string, move bool) (*mailbox.CopyResult, error) {
+	v := s.sel
+	if move && v.readOnly {
+		return nil, errReadOnly
+	}
+	if _, err := s.srv.boxes.GetMailbox(s.user, dest); err != nil {
+		if errorsIsNoMailbox(err) {
+			return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeTryCreate, Text: "no such mailbox"}
+		}
+		return nil, imapError(err)
+	}
+	uids := v.resolve(numSet)
+	if len(uids) == 0 {
+		return &mailbox.CopyResult{}, nil
+	}
+	res, err := s.srv.boxes.Copy(s.user, v.name, dest, uids, move, s)
+	if err != nil {
+		return nil, imapError(err)
+	}
+	return res, nil
+}
+
+func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string) error {
+	res, err := s.copy(numSet, dest, true)
+	if err != nil {
+		return err
+	}
+	if len(res.SrcUIDs) > 0 {
+		if err := w.WriteCopyData(copyData(res)); err != nil {
+			return err
+		}
+	}
+	v := s.sel
+	for _, uid := range res.SrcUIDs {
+		if seq := v.seqOf(uid); seq != 0 {
+			v.remove(seq)
+			if err := w.WriteExpunge(seq); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func errorsIsNoMailbox(err error) bool { return errors.Is(err, mailbox.ErrNoMailbox) }

@@ -1,0 +1,518 @@
+package mailbox
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Flag names with meaning to the store; keywords are kept as given.
+const (
+	FlagSeen    = `\Seen`
+	FlagDeleted = `\Deleted`
+)
+
+func hasFlag(flags []string, f string) bool {
+	return slices.ContainsFunc(flags, func(x string) bool { return strings.EqualFold(x, f) })
+}
+
+// FlagOp is how SetFlags changes flags.
+type FlagOp int
+
+// Flag operations (IMAP STORE FLAGS, +FLAGS, -FLAGS).
+const (
+	FlagsReplace FlagOp = iota
+	FlagsAdd
+	FlagsRemove
+)
+
+// applyFlags returns the flag set after op, without duplicates (compared
+// case-insensitively, as RFC 3501 §2.3.2 has it) and without \Recent, which
+// is per session and never stored.
+func applyFlags(cur []string, op FlagOp, flags []string) []string {
+	var out []string
+	add := func(f string) {
+		if !strings.EqualFold(f, `\Recent`) && !hasFlag(out, f) {
+			out = append(out, f)
+		}
+	}
+	switch op {
+	case FlagsReplace:
+		for _, f := range flags {
+			add(f)
+		}
+	case FlagsAdd:
+		for _, f := range cur {
+			add(f)
+		}
+		for _, f := range flags {
+			add(f)
+		}
+	case FlagsRemove:
+		for _, f := range cur {
+			if !hasFlag(flags, f) {
+				add(f)
+			}
+		}
+	}
+	return out
+}
+
+func decodeMsg(key []byte, v []byte) (Message, error) {
+	var m Message
+	if err := json.Unmarshal(v, &m); err != nil {
+		return m, err
+	}
+	m.UID = binary.BigEndian.Uint32(key[len(prefixMsg)+8:])
+	return m, nil
+}
+
+// UIDs returns the UIDs of a mailbox in order: the sequence-number map of a
+// SELECT. Only keys are read.
+func (s *Store) UIDs(mboxID uint64) ([]uint32, error) {
+	return s.UIDsAfter(mboxID, 0)
+}
+
+// UIDsAfter returns the UIDs above after, in order: the new arrivals since a
+// session last looked.
+func (s *Store) UIDsAfter(mboxID uint64, after uint32) ([]uint32, error) {
+	var uids []uint32
+	err := s.db.View(func(txn *badger.Txn) error {
+		prefix := msgPrefix(mboxID)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Seek(msgKey(mboxID, after+1)); it.ValidForPrefix(prefix); it.Next() {
+			uids = append(uids, binary.BigEndian.Uint32(it.Item().Key()[len(prefix):]))
+		}
+		return nil
+	})
+	return uids, err
+}
+
+// GetMessages returns the records of the given UIDs (in the given order);
+// UIDs no longer there are left out.
+func (s *Store) GetMessages(mboxID uint64, uids []uint32) ([]Message, error) {
+	out := make([]Message, 0, len(uids))
+	err := s.db.View(func(txn *badger.Txn) error {
+		for _, uid := range uids {
+			item, err := txn.Get(msgKey(mboxID, uid))
+			if errors.Is(err, badger.ErrKeyNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			var m Message
+			err = item.Value(func(v []byte) error {
+				var err error
+				m, err = decodeMsg(item.Key(), v)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			out = append(out, m)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// ForEachMessage calls fn for every message of a mailbox in UID order, with
+// values prefetched; fn must not keep m.Flags beyond the call.
+func (s *Store) ForEachMessage(mboxID uint64, fn func(m Message) error) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		prefix := msgPrefix(mboxID)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 256})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var m Message
+			err := it.Item().Value(func(v []byte) error {
+				var err error
+				m, err = decodeMsg(it.Item().Key(), v)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if err := fn(m); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// FlagChange is one message's new flags after SetFlags.
+type FlagChange struct {
+	UID   uint32
+	Flags []string
+}
+
+// SetFlags changes the flags of the given messages of user's mailbox and
+// returns their new flags. source identifies the caller so that its own
+// change is not echoed back to it as an unsolicited update.
+func (s *Store) SetFlags(user, mailbox string, uids []uint32, op FlagOp, flags []string, source any) ([]FlagChange, error) {
+	var changes []FlagChange
+	var mboxID uint64
+	err := s.update(func(txn *badger.Txn) error {
+		changes = changes[:0]
+		mb, err := GetMailboxTxn(txn, user, mailbox)
+		if err != nil {
+			return err
+		}
+		mboxID = mb.ID
+		for _, uid := range uids {
+			var m Message
+			if err := getJSON(txn, msgKey(mb.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
+				continue
+			} else if err != nil {
+				return err
+			}
+			wasSeen := hasFlag(m.Flags, FlagSeen)
+			m.Flags = applyFlags(m.Flags, op, flags)
+			switch seen := hasFlag(m.Flags, FlagSeen); {
+			case wasSeen && !seen:
+				mb.Unseen++
+			case !wasSeen && seen:
+				mb.Unseen--
+			}
+			if err := putJSON(txn, msgKey(mb.ID, uid), m); err != nil {
+				return err
+			}
+			changes = append(changes, FlagChange{UID: uid, Flags: m.Flags})
+		}
+		return putJSON(txn, mailboxKey(mb.User, mb.Name), mb)
+	})
+	if err != nil {
+		return nil, err
+	}
+	uidsChanged := make([]uint32, len(changes))
+	for i, c := range changes {
+		uidsChanged[i] = c.UID
+	}
+	s.publish(user, Event{Mailbox: mboxID, Flags: uidsChanged, Source: source})
+	return changes, nil
+}
+
+// Expunge removes the messages among uids (all messages when uids is nil)
+// that carry \Deleted, and returns the removed UIDs in order.
+func (s *Store) Expunge(user, mailbox string, uids []uint32, source any) ([]uint32, error) {
+	var gone []uint32
+	var mboxID uint64
+	err := s.update(func(txn *badger.Txn) error {
+		gone = gone[:0]
+		mb, err := GetMailboxTxn(txn, user, mailbox)
+		if err != nil {
+			return err
+		}
+		mboxID = mb.ID
+		var cands []Message
+		if uids == nil {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: msgPrefix(mb.ID), PrefetchValues: true})
+			for it.Rewind(); it.Valid(); it.Next() {
+				err := it.Item().Value(func(v []byte) error {
+					m, err := decodeMsg(it.Item().Key(), v)
+					if err == nil && hasFlag(m.Flags, FlagDeleted) {
+						cands = append(cands, m)
+					}
+					return err
+				})
+				if err != nil {
+					it.Close()
+					return err
+				}
+			}
+			it.Close()
+		} else {
+			for _, uid := range uids {
+				var m Message
+				if err := getJSON(txn, msgKey(mb.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
+					continue
+				} else if err != nil {
+					return err
+				}
+				m.UID = uid
+				if hasFlag(m.Flags, FlagDeleted) {
+					cands = append(cands, m)
+				}
+			}
+		}
+		for _, m := range cands {
+			if err := s.removeTxn(txn, mb, m); err != nil {
+				return err
+			}
+			gone = append(gone, m.UID)
+		}
+		return putJSON(txn, mailboxKey(mb.User, mb.Name), mb)
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(gone)
+	if len(gone) > 0 {
+		s.publish(user, Event{Mailbox: mboxID, Expunged: gone, Source: source})
+	}
+	return gone, nil
+}
+
+// removeTxn deletes one message record, keeps the mailbox counters and drops
+// the blob reference; the caller writes mb back.
+func (s *Store) removeTxn(txn *badger.Txn, mb *Mailbox, m Message) error {
+	if err := txn.Delete(msgKey(mb.ID, m.UID)); err != nil {
+		return err
+	}
+	mb.Messages--
+	mb.Size -= m.Size
+	if !hasFlag(m.Flags, FlagSeen) {
+		mb.Unseen--
+	}
+	return unrefBlob(txn, m.Blob, m.Size)
+}
+
+// CopyResult maps source UIDs to the UIDs the copies got.
+type CopyResult struct {
+	UIDValidity uint32
+	SrcUIDs     []uint32
+	DstUIDs     []uint32
+}
+
+// Copy copies messages to another mailbox of the same user (the body is
+// shared, not copied); with move set, the originals are removed in the same
+// transaction (RFC 6851 MOVE is atomic).
+func (s *Store) Copy(user, src, dst string, uids []uint32, move bool, source any) (*CopyResult, error) {
+	var res CopyResult
+	var srcID, dstID uint64
+	err := s.update(func(txn *badger.Txn) error {
+		res = CopyResult{}
+		from, err := GetMailboxTxn(txn, user, src)
+		if err != nil {
+			return err
+		}
+		to, err := GetMailboxTxn(txn, user, dst)
+		if err != nil {
+			return err
+		}
+		srcID, dstID = from.ID, to.ID
+		res.UIDValidity = to.UIDValidity
+		same := from.ID == to.ID
+		if same {
+			// One record, counted once: the copies and any removals
+			// all go against it.
+			to = from
+		}
+		for _, uid := range uids {
+			var m Message
+			if err := getJSON(txn, msgKey(from.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
+				continue
+			} else if err != nil {
+				return err
+			}
+			m.UID = uid
+			if err := refBlob(txn, m.Blob); err != nil {
+				return err
+			}
+			flags := m.Flags
+			newUID := to.UIDNext
+			to.UIDNext++
+			to.Messages++
+			to.Size += m.Size
+			if !hasFlag(flags, FlagSeen) {
+				to.Unseen++
+			}
+			if err := putJSON(txn, msgKey(to.ID, newUID), Message{Blob: m.Blob, Size: m.Size, Date: m.Date, Flags: flags}); err != nil {
+				return err
+			}
+			if move {
+				if err := s.removeTxn(txn, from, m); err != nil {
+					return err
+				}
+			}
+			res.SrcUIDs = append(res.SrcUIDs, uid)
+			res.DstUIDs = append(res.DstUIDs, newUID)
+		}
+		if !same {
+			if err := putJSON(txn, mailboxKey(from.User, from.Name), from); err != nil {
+				return err
+			}
+		}
+		return putJSON(txn, mailboxKey(to.User, to.Name), to)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if move && len(res.SrcUIDs) > 0 {
+		gone := slices.Clone(res.SrcUIDs)
+		slices.Sort(gone)
+		s.publish(user, Event{Mailbox: srcID, Expunged: gone, Source: source})
+	}
+	if dstID != 0 {
+		s.Notify(user)
+	}
+	return &res, nil
+}
+
+func refBlob(txn *badger.Txn, blob string) error {
+	item, err := txn.Get(refKey(blob))
+	if err != nil {
+		return fmt.Errorf("blob %s refcount: %w", blob, err)
+	}
+	var n uint32
+	if err := item.Value(func(b []byte) error {
+		if len(b) != 4 {
+			return fmt.Errorf("blob %s refcount: bad length", blob)
+		}
+		n = binary.BigEndian.Uint32(b)
+		return nil
+	}); err != nil {
+		return err
+	}
+	return txn.Set(refKey(blob), binary.BigEndian.AppendUint32(nil, n+1))
+}
+
+// ClaimRecent hands the messages that arrived since the last claim to the
+// calling session, as Dovecot does with \Recent: each message is recent in
+// exactly one session. It returns the first UID that is recent for the
+// caller; UIDs from there up to UIDNEXT-1 are.
+func (s *Store) ClaimRecent(user, mailbox string) (first, next uint32, err error) {
+	err = s.update(func(txn *badger.Txn) error {
+		mb, err := GetMailboxTxn(txn, user, mailbox)
+		if err != nil {
+			return err
+		}
+		first, next = max(mb.FirstRecent, 1), mb.UIDNext
+		if first >= next {
+			return nil
+		}
+		mb.FirstRecent = next
+		return putJSON(txn, mailboxKey(mb.User, mb.Name), mb)
+	})
+	return first, next, err
+}
+
+// DeleteMailbox removes a mailbox and its messages. INBOX cannot be deleted
+// (RFC 3501 §6.3.4). Child mailboxes stay.
+func (s *Store) DeleteMailbox(user, name string) error {
+	user, name = NormalizeUser(user), CanonicalName(name)
+	if name == "INBOX" {
+		return fmt.Errorf("INBOX cannot be deleted: %w", ErrNotAllowed)
+	}
+	mb, err := s.GetMailbox(user, name)
+	if err != nil {
+		return err
+	}
+	// The name goes first, so the mailbox vanishes at once; the messages
+	// follow in batches.
+	if err := s.update(func(txn *badger.Txn) error { return txn.Delete(mailboxKey(user, name)) }); err != nil {
+		return err
+	}
+	err = s.purgeMailbox(mb.ID)
+	s.Notify(user)
+	return err
+}
+
+// ErrNotAllowed refuses an operation the protocol forbids.
+var ErrNotAllowed = errors.New("operation not allowed")
+
+// RenameMailbox renames a mailbox and its children (RFC 3501 §6.3.5).
+// Renaming INBOX moves its messages to the new mailbox and leaves INBOX
+// empty.
+func (s *Store) RenameMailbox(user, old, new string) error {
+	user, old, new = NormalizeUser(user), CanonicalName(old), CanonicalName(new)
+	if new == "INBOX" {
+		return fmt.Errorf("cannot rename to INBOX: %w", ErrMailboxExist)
+	}
+	if old == "INBOX" {
+		return s.renameInbox(user, new)
+	}
+	return s.update(func(txn *badger.Txn) error {
+		mbs, err := mailboxesTxn(txn, user)
+		if err != nil {
+			return err
+		}
+		found := false
+		for _, mb := range mbs {
+			if mb.Name == new || strings.HasPrefix(mb.Name, new+string(Delimiter)) {
+				return fmt.Errorf("%s: %w", mb.Name, ErrMailboxExist)
+			}
+		}
+		for _, mb := range mbs {
+			var rest string
+			switch {
+			case mb.Name == old:
+				found = true
+			case strings.HasPrefix(mb.Name, old+string(Delimiter)):
+				rest = mb.Name[len(old):]
+			default:
+				continue
+			}
+			if err := txn.Delete(mailboxKey(user, mb.Name)); err != nil {
+				return err
+			}
+			mb.Name = new + rest
+			if err := putJSON(txn, mailboxKey(user, mb.Name), mb); err != nil {
+				return err
+			}
+		}
+		if !found {
+			return fmt.Errorf("%s: %w", old, ErrNoMailbox)
+		}
+		return nil
+	})
+}
+
+func (s *Store) renameInbox(user, new string) error {
+	if _, err := s.CreateMailbox(user, new, ""); err != nil {
+		return err
+	}
+	uids, err := s.UIDs(mustID(s.GetMailbox(user, "INBOX")))
+	if err != nil {
+		return err
+	}
+	for len(uids) > 0 {
+		n := min(len(uids), purgeBatch)
+		if _, err := s.Copy(user, "INBOX", new, uids[:n], true, nil); err != nil {
+			return err
+		}
+		uids = uids[n:]
+	}
+	return nil
+}
+
+func mustID(mb *Mailbox, err error) uint64 {
+	if err != nil {
+		return 0
+	}
+	return mb.ID
+}
+
+func mailboxesTxn(txn *badger.Txn, user string) ([]*Mailbox, error) {
+	var out []*Mailbox
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: mailboxPrefix(user), PrefetchValues: true})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		mb := new(Mailbox)
+		if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, mb) }); err != nil {
+			return nil, err
+		}
+		out = append(out, mb)
+	}
+	return out, nil
+}
+
+// SetSubscribed subscribes or unsubscribes a mailbox.
+func (s *Store) SetSubscribed(user, name string, on bool) error {
+	return s.update(func(txn *badger.Txn) error {
+		mb, err := GetMailboxTxn(txn, user, name)
+		if err != nil {
+			return err
+		}
+		mb.Subscribed = on
+		return putJSON(txn, mailboxKey(mb.User, mb.Name), mb)
+	})
+}
