@@ -67,8 +67,67 @@ type ShowRequest struct {
 	Body bool   `json:"body,omitempty"`
 }
 
+// IDsRequest names messages; an empty list means all (flush only).
+type IDsRequest struct {
+	IDs []string `json:"ids"`
+}
+
+// QueueOp runs a queue verb on each ID; the first unknown ID is reported
+// after the others are done, so one typo does not stop a batch.
+func QueueOp(sp *spool.Spool, verb string, ids []string) error {
+	var op func(string) error
+	switch verb {
+	case "flush":
+		op = sp.Flush
+		if len(ids) == 0 {
+			ms, err := sp.List()
+			if err != nil {
+				return err
+			}
+			for _, m := range ms {
+				ids = append(ids, m.ID)
+			}
+		}
+	case "hold":
+		op = sp.Hold
+	case "release":
+		op = sp.Release
+	case "delete":
+		op = sp.Delete
+	default:
+		return admin.UserError(fmt.Errorf("unknown queue verb %q", verb))
+	}
+	var missing error
+	for _, id := range ids {
+		err := op(id)
+		if errors.Is(err, spool.ErrNotFound) {
+			if missing == nil {
+				missing = admin.NotFound(err)
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return missing
+}
+
 func (s *Server) registerAdmin() {
 	s.registerUserOps()
+	for _, verb := range []string{"flush", "hold", "release", "delete"} {
+		s.admin.Handle("queue/"+verb, func(_ context.Context, raw json.RawMessage) (any, error) {
+			var req IDsRequest
+			if err := json.Unmarshal(raw, &req); err != nil {
+				return nil, admin.UserError(fmt.Errorf("bad request: %w", err))
+			}
+			err := QueueOp(s.spool, verb, req.IDs)
+			if verb == "flush" {
+				s.loop.Kick()
+			}
+			return struct{}{}, err
+		})
+	}
 	s.admin.Handle("queue/list", func(context.Context, json.RawMessage) (any, error) {
 		return ListQueue(s.spool)
 	})

@@ -24,6 +24,7 @@ import (
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/mailbox/imapd"
 	"github.com/relaymail/relay/relay/deliver"
+	"github.com/relaymail/relay/relay/remote"
 	"github.com/relaymail/relay/relay/smtpd"
 	"github.com/relaymail/relay/spool"
 )
@@ -35,8 +36,9 @@ type Server struct {
 	db    *store.DB
 	spool *spool.Spool
 	boxes *mailbox.Store
-	certs *tlsconf.Certs
-	loop  *deliver.Loop
+	certs  *tlsconf.Certs
+	loop   *deliver.Loop
+	remote *remote.Transport
 
 	smtps     []smtpListener
 	imaps     []imapListener
@@ -83,11 +85,27 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
+	transports := map[string]string{}
+	for _, t := range cfg.Transport {
+		d, hp, _ := config.ParseTransport(t) // checked by Validate
+		transports[d] = hp
+	}
+	s.remote = remote.New(remote.Config{
+		Hostname:      cfg.Hostname,
+		Transports:    transports,
+		Relayhost:     cfg.Relayhost,
+		RelayUser:     cfg.RelayhostUser,
+		RelayPassword: cfg.RelayhostPassword,
+		DNS:           cfg.DNS,
+	}, s.spool, log.With("component", "remote"))
 	s.loop = deliver.New(deliver.Config{
-		Domains:    slices.Clone(cfg.Domains),
-		RetryFirst: time.Duration(cfg.RetryFirst),
-		RetryMax:   time.Duration(cfg.RetryMax),
-	}, s.spool, s.boxes, nil, log.With("component", "deliver"))
+		Domains:     slices.Clone(cfg.Domains),
+		RetryFirst:  time.Duration(cfg.RetryFirst),
+		RetryMax:    time.Duration(cfg.RetryMax),
+		Lifetime:    time.Duration(cfg.QueueLifetime),
+		DelayNotice: time.Duration(cfg.DelayNotice),
+		Hostname:    cfg.Hostname,
+	}, s.spool, s.boxes, s.remote, log.With("component", "deliver"))
 	if err := s.listen(); err != nil {
 		s.closeListeners()
 		db.Close()
@@ -246,6 +264,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.admin.Shutdown(sctx)
 	stopLoop()
 	close(stopGC)
+	s.remote.Close()
 	wg.Wait()
 	if err := s.db.Close(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("close database: %w", err)

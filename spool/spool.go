@@ -73,6 +73,11 @@ type Recipient struct {
 	Attempts    int       `json:"attempts"`
 	NextAttempt time.Time `json:"next_attempt"`
 	LastError   string    `json:"last_error"`
+	// RemoteMTA is the host that gave the last answer, for DSNs.
+	RemoteMTA string `json:"remote_mta,omitempty"`
+	// DelayNotified records that the sender was told of a delay, which
+	// happens once.
+	DelayNotified bool `json:"delay_notified,omitempty"`
 }
 
 // Message is a queued message's envelope and state; the body is stored
@@ -182,6 +187,25 @@ func dueKey(t time.Time, id string) []byte {
 // recipient states are filled in here. It returns only after the message is
 // committed and synced (group commit), so the caller may answer 250.
 func (s *Spool) Enqueue(m *Message, body io.Reader) error {
+	txn := s.db.NewTransaction(true)
+	defer txn.Discard()
+	if err := s.EnqueueTxn(txn, m, body); err != nil {
+		return err
+	}
+	if err := txn.Commit(); err != nil {
+		return fmt.Errorf("enqueue %s: commit: %w", m.ID, err)
+	}
+	if err := s.db.Sync(); err != nil {
+		return fmt.Errorf("enqueue %s: %w", m.ID, err)
+	}
+	s.signal()
+	return nil
+}
+
+// EnqueueTxn writes m and its body into txn, so that a bounce is queued in
+// the same transaction that records the failure it reports. The caller
+// commits (and syncs, if it acknowledges anything).
+func (s *Spool) EnqueueTxn(txn *badger.Txn, m *Message, body io.Reader) error {
 	if m.ID == "" {
 		return errors.New("enqueue: message has no ID")
 	}
@@ -201,8 +225,6 @@ func (s *Spool) Enqueue(m *Message, body io.Reader) error {
 			r.NextAttempt = now
 		}
 	}
-	txn := s.db.NewTransaction(true)
-	defer txn.Discard()
 	size, err := store.PutChunks(txn, bodyPrefix(m.ID), body)
 	if err != nil {
 		return fmt.Errorf("enqueue %s: body: %w", m.ID, err)
@@ -211,14 +233,21 @@ func (s *Spool) Enqueue(m *Message, body io.Reader) error {
 	if err := s.putEnvelope(txn, m); err != nil {
 		return fmt.Errorf("enqueue %s: %w", m.ID, err)
 	}
-	if err := txn.Commit(); err != nil {
-		return fmt.Errorf("enqueue %s: commit: %w", m.ID, err)
-	}
-	if err := s.db.Sync(); err != nil {
-		return fmt.Errorf("enqueue %s: %w", m.ID, err)
-	}
-	s.signal()
 	return nil
+}
+
+// Flush makes every pending recipient of message id due now (postqueue -i).
+// A held message stays held.
+func (s *Spool) Flush(id string) error {
+	now := s.now()
+	return s.Update(id, func(_ *badger.Txn, m *Message) error {
+		for i := range m.Rcpts {
+			if m.Rcpts[i].State == Pending && m.Rcpts[i].NextAttempt.After(now) {
+				m.Rcpts[i].NextAttempt = now
+			}
+		}
+		return nil
+	})
 }
 
 // putEnvelope writes m and moves its due-index entry to where its state says.

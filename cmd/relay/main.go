@@ -26,7 +26,7 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 const usage = `usage:
   relay serve [--config FILE] [--data DIR] [flags]     run the relay
   relay user add|passwd|del|list ADDRESS [--password-stdin] [--force]
-  relay queue list [--json] | show ID [--body]         inspect the queue
+  relay queue list [--json] | show ID [--body] | flush [ID...] | hold ID... | release ID... | delete ID...
   relay config check [--config FILE]                    validate settings
   relay version
 Every subcommand takes --data DIR (default ./relay-data, env RELAY_DATA).

@@ -85,7 +85,7 @@ func withDB(dir string, create bool, remote func(*admin.Client) error, local fun
 
 func queueCmd(args []string, stdout, _ io.Writer) error {
 	if len(args) == 0 {
-		return usagef("queue: a verb is needed (list, show)")
+		return usagef("queue: a verb is needed (list, show, flush, hold, release, delete)")
 	}
 	verb, args := args[0], args[1:]
 	fs := flag.NewFlagSet("relay queue "+verb, flag.ContinueOnError)
@@ -135,6 +135,21 @@ func queueCmd(args []string, stdout, _ io.Writer) error {
 			return printJSON(stdout, sh)
 		}
 		printShown(stdout, sh)
+		return nil
+	case "flush", "hold", "release", "delete":
+		if len(pos) == 0 && verb != "flush" {
+			return usagef("queue %s takes one or more queue IDs", verb)
+		}
+		req := relay.IDsRequest{IDs: pos}
+		err := withSpool(dir,
+			func(c *admin.Client) error { return c.Call(ctx, "queue/"+verb, req, nil) },
+			func(sp *spool.Spool) error { return relay.QueueOp(sp, verb, pos) })
+		if err != nil {
+			return err
+		}
+		if verb != "flush" {
+			fmt.Fprintf(stdout, "%s: %d message(s)\n", verb, len(pos))
+		}
 		return nil
 	default:
 		return usagef("queue: unknown verb %q", verb)

@@ -37,6 +37,11 @@ type Config struct {
 	// RetryFirst is the delay before the first retry; it doubles with each
 	// attempt up to RetryMax.
 	RetryFirst, RetryMax time.Duration
+	// Lifetime is how long a message is retried before it bounces;
+	// DelayNotice is when the sender hears of the delay (once).
+	Lifetime, DelayNotice time.Duration
+	// Hostname names this relay in DSNs.
+	Hostname string
 }
 
 // Remote delivers recipients outside the local domains. Deliver returns one
@@ -48,8 +53,14 @@ type Remote interface {
 // Outcome is the result of one delivery attempt for one recipient.
 type Outcome struct {
 	// Err is nil on success; otherwise Permanent says whether to give up.
+	// Its text is the reply, e.g. "550 5.1.1 no such user".
 	Err       error
 	Permanent bool
+	// RemoteMTA is the host that answered.
+	RemoteMTA string
+	// RemoteDSN says the next hop took the DSN request over (RFC 3461
+	// §4.1), so no "relayed" notice is due from here.
+	RemoteDSN bool
 }
 
 // Loop is the delivery loop.
@@ -83,6 +94,15 @@ func New(cfg Config, sp *spool.Spool, boxes *mailbox.Store, remote Remote, log *
 	if cfg.RetryMax <= 0 {
 		cfg.RetryMax = time.Hour
 	}
+	if cfg.Lifetime <= 0 {
+		cfg.Lifetime = 5 * 24 * time.Hour
+	}
+	if cfg.DelayNotice <= 0 {
+		cfg.DelayNotice = 4 * time.Hour
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname = "localhost"
+	}
 	for i, d := range cfg.Domains {
 		cfg.Domains[i] = strings.ToLower(d)
 	}
@@ -91,6 +111,15 @@ func New(cfg Config, sp *spool.Spool, boxes *mailbox.Store, remote Remote, log *
 	}
 	return &Loop{cfg: cfg, spool: sp, boxes: boxes, remote: remote, log: log,
 		inflight: map[string]bool{}, idle: make(chan struct{}, 1)}
+}
+
+// Kick wakes the loop to look at the due index now (after a clock change in
+// tests, or a flush).
+func (l *Loop) Kick() {
+	select {
+	case l.idle <- struct{}{}:
+	default:
+	}
 }
 
 // Run delivers until ctx is cancelled, then waits for deliveries in flight.
@@ -193,7 +222,12 @@ func (l *Loop) deliverLocal(id string) error {
 	var arrived time.Time
 	err := l.spool.Update(id, func(txn *badger.Txn, m *spool.Message) error {
 		users, done, arrived = users[:0], done[:0], m.Arrived
-		var idx []int
+		var idx, report []int
+		defer func() {
+			if len(report) > 0 {
+				l.notifyTxn(txn, m, report, now)
+			}
+		}()
 		for i, r := range m.Rcpts {
 			if r.State != spool.Pending || r.NextAttempt.After(now) || !l.IsLocal(r.Address) {
 				continue
@@ -204,10 +238,11 @@ func (l *Loop) deliverLocal(id string) error {
 				return err
 			}
 			rc := &m.Rcpts[i]
-			rc.Attempts++
 			if !ok {
 				// The account went away after RCPT was accepted.
-				rc.State, rc.LastError = spool.Failed, "550 5.1.1 no such user"
+				rc.Attempts++
+				rc.State, rc.LastError, rc.RemoteMTA = spool.Failed, "550 5.1.1 no such user", ""
+				report = append(report, i)
 				continue
 			}
 			idx = append(idx, i)
@@ -228,8 +263,12 @@ func (l *Loop) deliverLocal(id string) error {
 			}
 		}
 		for _, i := range idx {
+			m.Rcpts[i].Attempts++
 			m.Rcpts[i].State, m.Rcpts[i].LastError = spool.Delivered, ""
 			done = append(done, m.Rcpts[i].Address)
+			if wants(m.Rcpts[i], "SUCCESS") {
+				report = append(report, i)
+			}
 		}
 		return nil
 	})
@@ -286,23 +325,44 @@ func (l *Loop) deliverRemote(ctx context.Context, id string) {
 	} else {
 		outcomes = l.remote.Deliver(ctx, m, idx)
 	}
-	err = l.spool.Update(id, func(_ *badger.Txn, m *spool.Message) error {
+	err = l.spool.Update(id, func(txn *badger.Txn, m *spool.Message) error {
+		var report []int
 		for j, i := range idx {
 			rc, o := &m.Rcpts[i], outcomes[j]
 			if rc.State != spool.Pending {
 				continue
 			}
+			rc.RemoteMTA = o.RemoteMTA
 			switch {
 			case o.Err == nil:
 				rc.Attempts++
 				rc.State, rc.LastError = spool.Delivered, ""
+				l.log.Info("delivered", "id", m.ID, "rcpt", rc.Address, "relay", o.RemoteMTA, "delay", now.Sub(m.Arrived).Round(time.Millisecond))
+				// RFC 3461 §4.1: without DSN support at the next hop,
+				// a requested success notice becomes "relayed" here.
+				if wants(*rc, "SUCCESS") && !o.RemoteDSN {
+					report = append(report, i)
+				}
 			case o.Permanent:
 				rc.Attempts++
 				rc.State, rc.LastError = spool.Failed, o.Err.Error()
+				l.log.Info("bounced", "id", m.ID, "rcpt", rc.Address, "relay", o.RemoteMTA, "status", o.Err.Error())
+				report = append(report, i)
+			case now.Sub(m.Arrived) >= l.cfg.Lifetime:
+				rc.Attempts++
+				rc.State = spool.Failed
+				rc.LastError = "4.4.7 message expired after " + l.cfg.Lifetime.String() + "; last error: " + o.Err.Error()
+				l.log.Info("bounced", "id", m.ID, "rcpt", rc.Address, "relay", o.RemoteMTA, "status", rc.LastError)
+				report = append(report, i)
 			default:
 				l.retryLater(rc, now, o.Err.Error())
+				if !rc.DelayNotified && now.Sub(m.Arrived) >= l.cfg.DelayNotice && wants(*rc, "DELAY") {
+					rc.DelayNotified = true
+					report = append(report, i)
+				}
 			}
 		}
+		l.notifyTxn(txn, m, report, now)
 		return nil
 	})
 	if err != nil && !errors.Is(err, spool.ErrNotFound) {

@@ -1,0 +1,257 @@
+// Package dsn builds delivery status notifications: RFC 3464 multipart/report
+// messages (RFC 6522) with a human-readable part, a message/delivery-status
+// part and the original message or its header (RET=FULL or HDRS, RFC 3461).
+// For messages that needed SMTPUTF8 the RFC 6533 global types are used.
+package dsn
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-message"
+	"github.com/emersion/go-message/textproto"
+)
+
+// Action is the RFC 3464 §2.3.3 action of a recipient.
+type Action string
+
+// Actions.
+const (
+	Failed    Action = "failed"
+	Delayed   Action = "delayed"
+	Delivered Action = "delivered"
+	Relayed   Action = "relayed"
+)
+
+// Recipient is the report on one recipient.
+type Recipient struct {
+	Address string // final recipient
+	ORcpt   string // ORCPT as "type;address", or empty
+	Action  Action
+	Status  string // enhanced status code, e.g. 5.1.1
+	// Diagnostic is the remote server's reply or our reason.
+	Diagnostic string
+	RemoteMTA  string
+	LastAttempt time.Time
+	// WillRetryUntil is set for delayed recipients.
+	WillRetryUntil time.Time
+}
+
+// Report is one notification about one message.
+type Report struct {
+	ReportingMTA string // our host name
+	To           string // the envelope sender of the original
+	QueueID      string
+	EnvID        string
+	Arrived      time.Time
+	Recipients   []Recipient
+	// Ret is FULL or HDRS; empty means HDRS for failures (only the header
+	// comes back unless the sender asked for all).
+	Ret string
+	// UTF8 selects message/global-delivery-status (RFC 6533).
+	UTF8 bool
+	// Now is the report's date.
+	Now time.Time
+}
+
+// StatusOf picks the enhanced status code out of an SMTP reply such as
+// "550 5.1.1 no such user"; def when there is none.
+func StatusOf(reply, def string) string {
+	for _, f := range strings.Fields(reply) {
+		if len(f) >= 5 && (f[0] == '2' || f[0] == '4' || f[0] == '5') && f[1] == '.' && strings.Count(f, ".") == 2 {
+			return strings.TrimRight(f, ".,;:")
+		}
+	}
+	return def
+}
+
+// Build writes the notification; original is the queued message (it is
+// read up to its header for RET=HDRS).
+func Build(w io.Writer, r *Report, original io.Reader) error {
+	var h message.Header
+	h.Set("From", fmt.Sprintf("Mail Delivery System <MAILER-DAEMON@%s>", r.ReportingMTA))
+	h.Set("To", "<"+r.To+">")
+	h.Set("Subject", subject(r))
+	h.Set("Date", r.Now.Format(time.RFC1123Z))
+	h.Set("Message-Id", fmt.Sprintf("<%s.dsn@%s>", r.QueueID, r.ReportingMTA))
+	// RFC 3834: automatic replies must not trigger further ones.
+	h.Set("Auto-Submitted", "auto-replied")
+	h.Set("MIME-Version", "1.0")
+	h.SetContentType("multipart/report", map[string]string{"report-type": "delivery-status"})
+	mw, err := message.CreateWriter(w, h)
+	if err != nil {
+		return err
+	}
+
+	var th message.Header
+	th.SetContentType("text/plain", map[string]string{"charset": "utf-8"})
+	tw, err := mw.CreatePart(th)
+	if err != nil {
+		return err
+	}
+	io.WriteString(tw, humanText(r))
+	tw.Close()
+
+	var sh message.Header
+	statusType := "message/delivery-status"
+	if r.UTF8 {
+		statusType = "message/global-delivery-status"
+	}
+	sh.SetContentType(statusType, nil)
+	sw, err := mw.CreatePart(sh)
+	if err != nil {
+		return err
+	}
+	if err := writeStatus(sw, r); err != nil {
+		return err
+	}
+	sw.Close()
+
+	full := strings.EqualFold(r.Ret, "FULL")
+	var oh message.Header
+	switch {
+	case full && r.UTF8:
+		oh.SetContentType("message/global", nil)
+	case full:
+		oh.SetContentType("message/rfc822", nil)
+	case r.UTF8:
+		oh.SetContentType("message/global-headers", nil)
+	default:
+		oh.SetContentType("text/rfc822-headers", nil)
+	}
+	ow, err := mw.CreatePart(oh)
+	if err != nil {
+		return err
+	}
+	if full {
+		_, err = io.Copy(ow, original)
+	} else {
+		err = copyHeader(ow, original)
+	}
+	if err != nil {
+		return fmt.Errorf("dsn: copy original: %w", err)
+	}
+	ow.Close()
+	return mw.Close()
+}
+
+func subject(r *Report) string {
+	switch r.Recipients[0].Action {
+	case Delayed:
+		return "Delayed Mail (still being retried)"
+	case Delivered, Relayed:
+		return "Successful Mail Delivery Report"
+	default:
+		return "Undelivered Mail Returned to Sender"
+	}
+}
+
+func humanText(r *Report) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "This is the mail system at host %s.\r\n\r\n", r.ReportingMTA)
+	switch r.Recipients[0].Action {
+	case Delayed:
+		b.WriteString("Your message could not be delivered yet. It is still in the queue\r\nand delivery will be retried; you need not send it again.\r\n\r\n")
+	case Delivered, Relayed:
+		b.WriteString("Your message was delivered to the following recipients.\r\n\r\n")
+	default:
+		b.WriteString("I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients.\r\n\r\n")
+	}
+	for _, rc := range r.Recipients {
+		fmt.Fprintf(&b, "<%s>: %s\r\n", rc.Address, oneLine(rc.Diagnostic))
+	}
+	return b.String()
+}
+
+// writeStatus writes the per-message block, then one block per recipient,
+// each a header section ending in a blank line (RFC 3464 §2.1).
+func writeStatus(w io.Writer, r *Report) error {
+	var m textproto.Header
+	// Fields are written in the order added; textproto.Header.Add
+	// prepends, so they are added in reverse.
+	fields := [][2]string{{"Reporting-MTA", "dns; " + r.ReportingMTA}}
+	if r.EnvID != "" {
+		fields = append(fields, [2]string{"Original-Envelope-Id", r.EnvID})
+	}
+	fields = append(fields, [2]string{"X-Relay-Queue-ID", r.QueueID})
+	if !r.Arrived.IsZero() {
+		fields = append(fields, [2]string{"Arrival-Date", r.Arrived.Format(time.RFC1123Z)})
+	}
+	addAll(&m, fields)
+	if err := textproto.WriteHeader(w, m); err != nil {
+		return err
+	}
+	for _, rc := range r.Recipients {
+		var h textproto.Header
+		var f [][2]string
+		if rc.ORcpt != "" {
+			f = append(f, [2]string{"Original-Recipient", origRcpt(rc.ORcpt)})
+		}
+		typ := "rfc822"
+		if r.UTF8 {
+			typ = "utf-8"
+		}
+		f = append(f, [2]string{"Final-Recipient", typ + "; " + rc.Address},
+			[2]string{"Action", string(rc.Action)},
+			[2]string{"Status", rc.Status})
+		if rc.RemoteMTA != "" {
+			f = append(f, [2]string{"Remote-MTA", "dns; " + rc.RemoteMTA})
+		}
+		if rc.Diagnostic != "" {
+			f = append(f, [2]string{"Diagnostic-Code", "smtp; " + oneLine(rc.Diagnostic)})
+		}
+		if !rc.LastAttempt.IsZero() {
+			f = append(f, [2]string{"Last-Attempt-Date", rc.LastAttempt.Format(time.RFC1123Z)})
+		}
+		if !rc.WillRetryUntil.IsZero() {
+			f = append(f, [2]string{"Will-Retry-Until", rc.WillRetryUntil.Format(time.RFC1123Z)})
+		}
+		addAll(&h, f)
+		if err := textproto.WriteHeader(w, h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func addAll(h *textproto.Header, fields [][2]string) {
+	for i := len(fields) - 1; i >= 0; i-- {
+		h.Add(fields[i][0], fields[i][1])
+	}
+}
+
+// origRcpt renders ORCPT "rfc822;addr" as "rfc822; addr".
+func origRcpt(s string) string {
+	typ, addr, ok := strings.Cut(s, ";")
+	if !ok {
+		return "rfc822; " + s
+	}
+	return strings.ToLower(typ) + "; " + addr
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// copyHeader copies the header section of original, up to and including the
+// blank line.
+func copyHeader(w io.Writer, original io.Reader) error {
+	br := bufio.NewReader(original)
+	for {
+		line, err := br.ReadBytes('\n')
+		w.Write(line)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if len(bytes.TrimRight(line, "\r\n")) == 0 {
+			return nil
+		}
+	}
+}

@@ -1,0 +1,467 @@
+// Package remote forwards messages to other mail servers over SMTP: it
+// routes each recipient domain (transport map, else smarthost, else MX per
+// RFC 5321 §5.1 with the implicit MX and RFC 7505 null MX), speaks ESMTP
+// with opportunistic STARTTLS, SIZE, 8BITMIME, SMTPUTF8 (RFC 6531) and DSN
+// (RFC 3461), sends the recipients of one destination in one transaction,
+// and keeps connections open for the next message to the same place.
+//
+// Failures come back per recipient, classified: a 5xx reply or a null MX is
+// permanent; a 4xx, a refused or dropped connection, a timeout or a DNS
+// SERVFAIL is temporary and will be retried.
+package remote
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/relaymail/relay/relay/deliver"
+	"github.com/relaymail/relay/spool"
+)
+
+// Config is the outbound setup.
+type Config struct {
+	// Hostname is our EHLO name.
+	Hostname string
+	// Transports route a domain to HOST:PORT, before anything else.
+	Transports map[string]string
+	// Relayhost, when set, takes every other domain (smarthost), with
+	// AUTH when RelayUser is set.
+	Relayhost, RelayUser, RelayPassword string
+	// DNS is the resolver HOST:PORT; empty uses the system's.
+	DNS string
+	// Port is the SMTP port of MX hosts (25; tests change it).
+	Port int
+	// PerDestination bounds concurrent connections to one destination.
+	PerDestination int
+	// ConnectTimeout bounds a TCP connect; CommandTimeout each command.
+	ConnectTimeout, CommandTimeout time.Duration
+	// IdleTimeout is how long a connection waits for the next message.
+	IdleTimeout time.Duration
+}
+
+// Transport implements deliver.Remote.
+type Transport struct {
+	cfg      Config
+	spool    *spool.Spool
+	log      *slog.Logger
+	resolver *net.Resolver
+
+	mu    sync.Mutex
+	slots map[string]chan struct{} // per destination
+	idle  map[string][]*pooled     // reusable connections per destination
+	noTLS map[string]time.Time     // hosts that failed STARTTLS, until
+}
+
+type pooled struct {
+	c     *smtp.Client
+	host  string
+	dsn   bool
+	since time.Time
+}
+
+// New returns a transport reading bodies from sp.
+func New(cfg Config, sp *spool.Spool, log *slog.Logger) *Transport {
+	if cfg.Port == 0 {
+		cfg.Port = 25
+	}
+	if cfg.PerDestination <= 0 {
+		cfg.PerDestination = 4
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 30 * time.Second
+	}
+	if cfg.CommandTimeout <= 0 {
+		cfg.CommandTimeout = 5 * time.Minute
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 30 * time.Second
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	t := &Transport{cfg: cfg, spool: sp, log: log, resolver: net.DefaultResolver,
+		slots: map[string]chan struct{}{}, idle: map[string][]*pooled{}, noTLS: map[string]time.Time{}}
+	if cfg.DNS != "" {
+		t.resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, cfg.DNS)
+		}}
+	}
+	return t
+}
+
+// failure is an outcome with its reply text.
+type failure struct {
+	msg       string
+	permanent bool
+}
+
+func (f *failure) Error() string { return f.msg }
+
+func temp(format string, a ...any) *failure { return &failure{msg: fmt.Sprintf(format, a...)} }
+
+func perm(format string, a ...any) *failure {
+	return &failure{msg: fmt.Sprintf(format, a...), permanent: true}
+}
+
+// fromSMTP classifies an error from the SMTP client.
+func fromSMTP(stage string, err error) *failure {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		msg := fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+		if se.EnhancedCode == smtp.NoEnhancedCode || se.EnhancedCode == smtp.EnhancedCodeNotSet {
+			msg = fmt.Sprintf("%d %s", se.Code, se.Message)
+		}
+		return &failure{msg: msg, permanent: se.Code >= 500}
+	}
+	return temp("4.4.2 %s: %v", stage, err)
+}
+
+// route is where a domain's mail goes: explicit hosts, or MX lookup.
+type route struct {
+	key   string   // destination, for pooling and concurrency
+	hosts []string // HOST:PORT candidates in order
+	auth  bool     // smarthost with credentials
+}
+
+func (t *Transport) route(ctx context.Context, domain string) (*route, *failure) {
+	if hp, ok := t.cfg.Transports[domain]; ok {
+		return &route{key: "transport:" + hp, hosts: []string{hp}}, nil
+	}
+	if t.cfg.Relayhost != "" {
+		return &route{key: "relayhost:" + t.cfg.Relayhost, hosts: []string{t.cfg.Relayhost}, auth: t.cfg.RelayUser != ""}, nil
+	}
+	port := strconv.Itoa(t.cfg.Port)
+	mxs, err := t.resolver.LookupMX(ctx, domain)
+	var dnsErr *net.DNSError
+	switch {
+	case err == nil && len(mxs) == 1 && (mxs[0].Host == "." || mxs[0].Host == ""):
+		// RFC 7505: the domain accepts no mail at all.
+		return nil, perm("556 5.1.10 %s does not accept mail (null MX)", domain)
+	case err == nil && len(mxs) > 0:
+		r := &route{key: "mx:" + domain}
+		for _, mx := range mxs {
+			r.hosts = append(r.hosts, net.JoinHostPort(strings.TrimSuffix(mx.Host, "."), port))
+		}
+		return r, nil
+	case err == nil || errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+		// RFC 5321 §5.1: no MX, so the domain itself is the host, if it
+		// has an address.
+		addrs, aerr := t.resolver.LookupIPAddr(ctx, domain)
+		if aerr != nil {
+			if errors.As(aerr, &dnsErr) && dnsErr.IsNotFound {
+				return nil, perm("550 5.1.2 %s: no MX or address records", domain)
+			}
+			return nil, temp("451 4.4.3 DNS lookup for %s failed: %v", domain, aerr)
+		}
+		if len(addrs) == 0 {
+			return nil, perm("550 5.1.2 %s: no MX or address records", domain)
+		}
+		return &route{key: "mx:" + domain, hosts: []string{net.JoinHostPort(domain, port)}}, nil
+	default:
+		return nil, temp("451 4.4.3 DNS lookup for %s failed: %v", domain, err)
+	}
+}
+
+// Deliver implements deliver.Remote: one transaction per destination.
+func (t *Transport) Deliver(ctx context.Context, m *spool.Message, rcpts []int) []deliver.Outcome {
+	out := make([]deliver.Outcome, len(rcpts))
+	groups := map[string][]int{} // domain -> positions in rcpts
+	var order []string
+	for j, i := range rcpts {
+		a := m.Rcpts[i].Address
+		d := strings.ToLower(a[strings.LastIndexByte(a, '@')+1:])
+		if _, ok := groups[d]; !ok {
+			order = append(order, d)
+		}
+		groups[d] = append(groups[d], j)
+	}
+	for _, d := range order {
+		pos := groups[d]
+		r, f := t.route(ctx, d)
+		if f == nil {
+			var remote string
+			var remoteDSN bool
+			var per []*failure
+			remote, remoteDSN, per, f = t.send(ctx, r, m, rcpts, pos)
+			if f == nil {
+				for k, j := range pos {
+					out[j] = outcome(per[k], remote, remoteDSN)
+				}
+				continue
+			}
+			for _, j := range pos {
+				out[j] = outcome(f, remote, false)
+			}
+			continue
+		}
+		for _, j := range pos {
+			out[j] = outcome(f, "", false)
+		}
+	}
+	return out
+}
+
+func outcome(f *failure, remote string, remoteDSN bool) deliver.Outcome {
+	o := deliver.Outcome{RemoteMTA: remote, RemoteDSN: remoteDSN}
+	if f != nil {
+		o.Err, o.Permanent = f, f.permanent
+	}
+	return o
+}
+
+func (t *Transport) slot(key string) chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, ok := t.slots[key]
+	if !ok {
+		s = make(chan struct{}, t.cfg.PerDestination)
+		t.slots[key] = s
+	}
+	return s
+}
+
+// send runs one SMTP transaction for the recipients at positions pos. A
+// non-nil failure applies to all of them; otherwise per holds each one's.
+func (t *Transport) send(ctx context.Context, r *route, m *spool.Message, rcpts []int, pos []int) (remote string, remoteDSN bool, per []*failure, all *failure) {
+	s := t.slot(r.key)
+	select {
+	case s <- struct{}{}:
+	case <-ctx.Done():
+		return "", false, nil, temp("451 4.4.5 shutting down")
+	}
+	defer func() { <-s }()
+
+	p, f := t.get(ctx, r)
+	if f != nil {
+		return "", false, nil, f
+	}
+	remote, remoteDSN = hostOnly(p.host), p.dsn
+	c := p.c
+	keep := false
+	defer func() {
+		if keep {
+			t.put(r.key, p)
+		} else {
+			c.Close()
+		}
+	}()
+
+	if m.Params.SMTPUTF8 {
+		if ok, _ := c.Extension("SMTPUTF8"); !ok {
+			keep = true
+			return remote, remoteDSN, nil, perm("553 5.6.7 %s does not support SMTPUTF8, which this message needs", remote)
+		}
+	}
+	opts := &smtp.MailOptions{Size: m.Size, UTF8: m.Params.SMTPUTF8, Return: smtp.DSNReturn(m.Params.Ret), EnvelopeID: m.Params.EnvID}
+	if err := c.Mail(m.From, opts); err != nil {
+		f := fromSMTP("MAIL", err)
+		keep = c.Reset() == nil
+		return remote, remoteDSN, nil, f
+	}
+	per = make([]*failure, len(pos))
+	accepted := 0
+	for k, j := range pos {
+		rc := m.Rcpts[rcpts[j]]
+		ro := &smtp.RcptOptions{}
+		for _, n := range rc.Notify {
+			ro.Notify = append(ro.Notify, smtp.DSNNotify(n))
+		}
+		if typ, a, ok := strings.Cut(rc.ORcpt, ";"); ok {
+			ro.OriginalRecipientType, ro.OriginalRecipient = smtp.DSNAddressType(strings.ToUpper(typ)), a
+		}
+		if err := c.Rcpt(rc.Address, ro); err != nil {
+			per[k] = fromSMTP("RCPT", err)
+			var se *smtp.SMTPError
+			if !errors.As(err, &se) {
+				return remote, remoteDSN, nil, per[k]
+			}
+			continue
+		}
+		accepted++
+	}
+	if accepted == 0 {
+		keep = c.Reset() == nil
+		return remote, remoteDSN, per, nil
+	}
+	body, err := t.spool.Body(m.ID)
+	if err != nil {
+		return remote, remoteDSN, nil, temp("451 4.3.0 read queued message: %v", err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		f := fromSMTP("DATA", err)
+		keep = c.Reset() == nil
+		return remote, remoteDSN, nil, f
+	}
+	if _, err := io.Copy(w, body); err != nil {
+		w.Close()
+		return remote, remoteDSN, nil, temp("451 4.4.2 sending message data to %s: %v", remote, err)
+	}
+	if _, err := w.CloseWithResponse(); err != nil {
+		f := fromSMTP("end of DATA", err)
+		var se *smtp.SMTPError
+		keep = errors.As(err, &se)
+		for k := range per {
+			if per[k] == nil {
+				per[k] = f
+			}
+		}
+		return remote, remoteDSN, per, nil
+	}
+	keep = true
+	return remote, remoteDSN, per, nil
+}
+
+func hostOnly(hp string) string {
+	h, _, err := net.SplitHostPort(hp)
+	if err != nil {
+		return hp
+	}
+	return h
+}
+
+// get returns a connected, greeted client for the route: a pooled one that
+// still answers RSET, or a new one.
+func (t *Transport) get(ctx context.Context, r *route) (*pooled, *failure) {
+	for {
+		t.mu.Lock()
+		ps := t.idle[r.key]
+		var p *pooled
+		if n := len(ps); n > 0 {
+			p, t.idle[r.key] = ps[n-1], ps[:n-1]
+		}
+		t.mu.Unlock()
+		if p == nil {
+			break
+		}
+		if time.Since(p.since) < t.cfg.IdleTimeout && p.c.Reset() == nil {
+			return p, nil
+		}
+		p.c.Close()
+	}
+	var last *failure
+	for _, hp := range r.hosts {
+		p, f := t.connect(ctx, hp, r.auth)
+		if f == nil {
+			return p, nil
+		}
+		t.log.Info("connect failed", "host", hp, "error", f.msg)
+		last = f
+		if f.permanent {
+			break
+		}
+	}
+	if last == nil {
+		last = temp("451 4.4.1 no host to connect to")
+	}
+	return nil, last
+}
+
+func (t *Transport) put(key string, p *pooled) {
+	p.since = time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.idle[key] = append(t.idle[key], p)
+}
+
+// Close closes pooled connections.
+func (t *Transport) Close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, ps := range t.idle {
+		for _, p := range ps {
+			p.c.Quit()
+		}
+		delete(t.idle, k)
+	}
+}
+
+func (t *Transport) dial(ctx context.Context, hp string) (net.Conn, *failure) {
+	d := net.Dialer{Timeout: t.cfg.ConnectTimeout, Resolver: t.resolver}
+	conn, err := d.DialContext(ctx, "tcp", hp)
+	if err != nil {
+		return nil, temp("451 4.4.1 connect to %s: %v", hp, err)
+	}
+	return conn, nil
+}
+
+// connect opens a session with opportunistic STARTTLS: when the server does
+// not offer it or the handshake fails, it reconnects in plain text and
+// remembers that for an hour. A smarthost that needs AUTH gets it only over
+// TLS (or on loopback).
+func (t *Transport) connect(ctx context.Context, hp string, auth bool) (*pooled, *failure) {
+	host := hostOnly(hp)
+	t.mu.Lock()
+	plainOnly := time.Now().Before(t.noTLS[hp])
+	t.mu.Unlock()
+	var c *smtp.Client
+	if !plainOnly {
+		conn, f := t.dial(ctx, hp)
+		if f != nil {
+			return nil, f
+		}
+		cfg := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12,
+			// Opportunistic TLS: an MX rarely has a certificate for its
+			// name, and refusing it would only fall back to plain text.
+			InsecureSkipVerify: true}
+		cl, err := smtp.NewClientStartTLS(conn, cfg)
+		if err == nil {
+			c = cl
+		} else {
+			conn.Close()
+			var se *smtp.SMTPError
+			if errors.As(err, &se) && se.Code >= 500 && !strings.Contains(err.Error(), "STARTTLS") {
+				return nil, fromSMTP("greeting", err)
+			}
+			t.mu.Lock()
+			t.noTLS[hp] = time.Now().Add(time.Hour)
+			t.mu.Unlock()
+		}
+	}
+	if c == nil {
+		conn, f := t.dial(ctx, hp)
+		if f != nil {
+			return nil, f
+		}
+		c = smtp.NewClient(conn)
+	}
+	c.CommandTimeout = t.cfg.CommandTimeout
+	if err := c.Hello(t.cfg.Hostname); err != nil {
+		c.Close()
+		return nil, fromSMTP("EHLO", err)
+	}
+	if auth {
+		_, isTLS := c.TLSConnectionState()
+		if !isTLS && !isLoopback(host) {
+			c.Close()
+			return nil, temp("451 4.7.0 %s offers no STARTTLS; not sending the relayhost password in plain text", hp)
+		}
+		if err := c.Auth(sasl.NewPlainClient("", t.cfg.RelayUser, t.cfg.RelayPassword)); err != nil {
+			c.Close()
+			return nil, fromSMTP("AUTH", err)
+		}
+	}
+	dsn, _ := c.Extension("DSN")
+	return &pooled{c: c, host: hp, dsn: dsn}, nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
