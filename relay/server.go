@@ -31,11 +31,11 @@ import (
 
 // Server is one running relay.
 type Server struct {
-	cfg   config.Config
-	log   *slog.Logger
-	db    *store.DB
-	spool *spool.Spool
-	boxes *mailbox.Store
+	cfg    config.Config
+	log    *slog.Logger
+	db     *store.DB
+	spool  *spool.Spool
+	boxes  *mailbox.Store
 	certs  *tlsconf.Certs
 	loop   *deliver.Loop
 	remote *remote.Transport

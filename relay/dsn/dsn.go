@@ -34,8 +34,8 @@ type Recipient struct {
 	Action  Action
 	Status  string // enhanced status code, e.g. 5.1.1
 	// Diagnostic is the remote server's reply or our reason.
-	Diagnostic string
-	RemoteMTA  string
+	Diagnostic  string
+	RemoteMTA   string
 	LastAttempt time.Time
 	// WillRetryUntil is set for delayed recipients.
 	WillRetryUntil time.Time
