@@ -118,8 +118,14 @@ func (m *Message) nextDue() time.Time {
 		if r.State != Pending {
 			continue
 		}
-		if due.IsZero() || r.NextAttempt.Before(due) {
-			due = r.NextAttempt
+		next := r.NextAttempt
+		if next.IsZero() {
+			// A recipient without a time is due at once; skipping it
+			// would drop a pending message from the index for good.
+			next = time.Unix(0, 1)
+		}
+		if due.IsZero() || next.Before(due) {
+			due = next
 		}
 	}
 	return due
@@ -132,7 +138,6 @@ type Spool struct {
 
 	mu      sync.Mutex
 	waiters chan struct{}
-	entropy *ulid.MonotonicEntropy
 }
 
 // New returns a spool on db. now is the clock (nil for time.Now); tests pass

@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+
+	"github.com/relaymail/relay/internal/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -98,7 +100,8 @@ func versionString() string {
 
 // flagError turns a flag parse failure into bad usage.
 func flagError(err error) error {
-	if err == nil || errors.Is(err, flag.ErrHelp) {
+	var fe *config.FileError
+	if err == nil || errors.Is(err, flag.ErrHelp) || errors.As(err, &fe) {
 		return err
 	}
 	return usageError{err.Error()}

@@ -145,6 +145,13 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// FileError is a problem with the configuration file (not with the command
+// line), which the CLI reports as a user error rather than bad usage.
+type FileError struct{ Err error }
+
+func (e *FileError) Error() string { return e.Err.Error() }
+func (e *FileError) Unwrap() error { return e.Err }
+
 // ParseTransport splits a DOMAIN=HOST:PORT transport entry.
 func ParseTransport(s string) (domain, hostport string, err error) {
 	domain, hostport, ok := strings.Cut(s, "=")
@@ -257,7 +264,7 @@ func FromArgs(name string, args []string) (Config, []string, error) {
 	c := Default()
 	if file != "" {
 		if err := c.Load(file); err != nil {
-			return Config{}, nil, err
+			return Config{}, nil, &FileError{err}
 		}
 		if env := os.Getenv("RELAY_DATA"); env != "" {
 			c.Data = env

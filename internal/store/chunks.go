@@ -25,17 +25,18 @@ func NumChunks(size int64) uint32 { return uint32((size + BodyChunk - 1) / BodyC
 // costs the transaction only a value-log pointer.
 func PutChunks(txn *badger.Txn, prefix []byte, r io.Reader) (int64, error) {
 	var size int64
-	buf := make([]byte, BodyChunk)
 	for n := uint32(0); ; n++ {
-		got, err := io.ReadFull(r, buf)
+		// A buffer per chunk, grown to what arrives: a 4 KiB message
+		// costs 4 KiB, not a whole chunk. Badger keeps it until commit.
+		var b bytes.Buffer
+		got, err := io.CopyN(&b, r, BodyChunk)
 		if got > 0 {
-			// Badger keeps the value slice until commit.
-			if err := txn.Set(chunkKey(prefix, n), bytes.Clone(buf[:got])); err != nil {
+			if err := txn.Set(chunkKey(prefix, n), b.Bytes()); err != nil {
 				return size, fmt.Errorf("store chunk %d: %w", n, err)
 			}
-			size += int64(got)
+			size += got
 		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
+		if err == io.EOF || err == nil && got < BodyChunk {
 			return size, nil
 		}
 		if err != nil {

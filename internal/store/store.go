@@ -50,6 +50,7 @@ type DB struct {
 	mode   SyncMode
 	syncer *groupSyncer
 	eachMu sync.Mutex
+	closed bool // guarded by eachMu
 }
 
 // ValueThreshold is the size from which Badger moves a value out of the LSM
@@ -58,8 +59,10 @@ type DB struct {
 // keeps a 50 MiB message far under Badger's per-transaction size limit.
 const ValueThreshold = 64 << 10
 
-// BodyChunk is the size in which packages store message bodies.
-const BodyChunk = 1 << 20
+// BodyChunk is the size in which packages store message bodies. It is one
+// byte under Badger's largest ValueThreshold, so that an in-memory database
+// (tests), which must keep every value inline, can hold it too.
+const BodyChunk = 1<<20 - 1
 
 // Open opens (creating if needed) the database in dir.
 func Open(dir string, o Options) (*DB, error) {
@@ -80,7 +83,8 @@ func Open(dir string, o Options) (*DB, error) {
 		WithMetricsEnabled(false).
 		WithLogger(badgerLogger{o.Logger})
 	if o.InMemory {
-		bo = bo.WithDir("").WithValueDir("")
+		// No value log in memory: every chunk must stay inline.
+		bo = bo.WithDir("").WithValueDir("").WithValueThreshold(1 << 20)
 	}
 	bdb, err := badger.Open(bo)
 	if err != nil {
@@ -105,6 +109,9 @@ func (db *DB) Sync() error {
 	case SyncEach:
 		db.eachMu.Lock()
 		defer db.eachMu.Unlock()
+		if db.closed {
+			return errClosed
+		}
 		return db.DB.Sync()
 	default:
 		return db.syncer.sync()
@@ -116,8 +123,13 @@ func (db *DB) Close() error {
 	if db.syncer != nil {
 		db.syncer.close()
 	}
+	db.eachMu.Lock()
+	db.closed = true
+	db.eachMu.Unlock()
 	return db.DB.Close()
 }
+
+var errClosed = errors.New("database closed")
 
 // CollectGarbage rewrites value log files whose bodies were mostly deleted,
 // every interval until stop is closed. Queue traffic deletes constantly, so
@@ -150,6 +162,7 @@ type groupSyncer struct {
 	waiting *syncRound // round that the next sync will complete
 	running bool
 	closed  bool
+	loops   sync.WaitGroup
 }
 
 type syncRound struct {
@@ -165,7 +178,7 @@ func (g *groupSyncer) sync() error {
 	g.mu.Lock()
 	if g.closed {
 		g.mu.Unlock()
-		return errors.New("database closed")
+		return errClosed
 	}
 	if g.waiting == nil {
 		g.waiting = &syncRound{done: make(chan struct{})}
@@ -173,6 +186,7 @@ func (g *groupSyncer) sync() error {
 	round := g.waiting
 	if !g.running {
 		g.running = true
+		g.loops.Add(1)
 		go g.loop()
 	}
 	g.mu.Unlock()
@@ -184,6 +198,7 @@ func (g *groupSyncer) sync() error {
 // a sync started is covered by the next iteration, never by the running one,
 // because its transaction may have committed after that sync began.
 func (g *groupSyncer) loop() {
+	defer g.loops.Done()
 	for {
 		g.mu.Lock()
 		round := g.waiting
@@ -202,10 +217,18 @@ func (g *groupSyncer) loop() {
 	}
 }
 
+// close fails the callers still waiting for a round and waits for a
+// running sync to end, so the database is never synced after it closed.
 func (g *groupSyncer) close() {
 	g.mu.Lock()
 	g.closed = true
+	if r := g.waiting; r != nil {
+		g.waiting = nil
+		r.err = errClosed
+		close(r.done)
+	}
 	g.mu.Unlock()
+	g.loops.Wait()
 }
 
 // badgerLogger routes Badger's log through slog, dropping its chatty INFO and

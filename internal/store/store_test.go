@@ -414,7 +414,6 @@ func TestCollectGarbageStops(t *testing.T) {
 // dereferences the nil memtable (badger db.go:741) and panics, killing the
 // process during shutdown.
 func TestCloseWithSyncInFlight(t *testing.T) {
-	knownBug(t, "DB.Close does not wait for an in-flight group sync (store.go:114-120, 205-209)")
 	db, _ := openTemp(t, Options{})
 	if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("k"), []byte("v")) }); err != nil {
 		t.Fatal(err)
@@ -470,9 +469,6 @@ func TestSyncAfterClose(t *testing.T) {
 		{"none", SyncNone, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.bug {
-				knownBug(t, "SyncEach: Sync after Close panics in badger (store.go:105-108)")
-			}
 			db, _ := openTemp(t, Options{Sync: tc.mode})
 			if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("k"), []byte("v")) }); err != nil {
 				t.Fatal(err)
