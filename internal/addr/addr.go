@@ -38,6 +38,9 @@ func Parse(s string, utf8ok bool) (Address, error) {
 	if i <= 0 || i == len(s)-1 {
 		return Address{}, ErrSyntax
 	}
+	// The ASCII test looks at what the client sent: lower-casing first
+	// would turn U+212A KELVIN SIGN into an ASCII k.
+	ascii := isASCII(s)
 	a := Address{Local: s[:i], Domain: strings.ToLower(s[i+1:])}
 	if !utf8.ValidString(s) || len(a.Local) > 64*4 || len(a.Domain) > 255 {
 		return Address{}, ErrSyntax
@@ -50,7 +53,7 @@ func Parse(s string, utf8ok bool) (Address, error) {
 	if !validDomain(a.Domain) {
 		return Address{}, ErrSyntax
 	}
-	if !utf8ok && !a.IsASCII() {
+	if !utf8ok && !ascii {
 		return Address{}, ErrUTF8
 	}
 	return a, nil
@@ -67,7 +70,8 @@ func validDomain(d string) bool {
 		lit := d[1 : len(d)-1]
 		if v6, ok := strings.CutPrefix(lit, "ipv6:"); ok {
 			ip, err := netip.ParseAddr(v6)
-			return err == nil && ip.Is6()
+			// RFC 5321 §4.1.3: an IPv6 literal has no zone.
+			return err == nil && ip.Is6() && ip.Zone() == ""
 		}
 		ip, err := netip.ParseAddr(lit)
 		return err == nil && ip.Is4()

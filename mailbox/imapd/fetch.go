@@ -66,6 +66,9 @@ func needsSeen(o *imap.FetchOptions) bool {
 
 func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *imap.FetchOptions) error {
 	v := s.sel
+	if err := v.checkSeq(numSet); err != nil {
+		return err
+	}
 	uids := v.resolve(numSet)
 	if len(uids) == 0 {
 		return nil

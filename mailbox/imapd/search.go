@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"mime"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,7 +54,7 @@ func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria,
 		return nil, imapError(err)
 	}
 	if options.ReturnSave {
-		v.searchRes = hits
+		v.searchRes = saved(hits, options)
 	}
 	data := &imap.SearchData{Count: uint32(len(hits))}
 	if kind == imapserver.NumKindUID {
@@ -78,6 +79,22 @@ func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria,
 	return data, nil
 }
 
+// saved is what SEARCH RETURN (... SAVE) keeps for "$": with MIN and/or MAX
+// only those messages, otherwise every hit (RFC 5182 §2.1).
+func saved(hits []uint32, o *imap.SearchOptions) []uint32 {
+	if len(hits) == 0 || !o.ReturnMin && !o.ReturnMax || o.ReturnAll || o.ReturnCount {
+		return hits
+	}
+	var out []uint32
+	if o.ReturnMin {
+		out = append(out, hits[0])
+	}
+	if o.ReturnMax && (!o.ReturnMin || len(hits) > 1) {
+		out = append(out, hits[len(hits)-1])
+	}
+	return out
+}
+
 // match evaluates all of c's criteria (RFC 3501 §6.4.4), cheapest first.
 func (c *candidate) match(cr *imap.SearchCriteria) bool {
 	n := uint32(len(c.v.uids))
@@ -87,6 +104,12 @@ func (c *candidate) match(cr *imap.SearchCriteria) bool {
 		}
 	}
 	for _, set := range cr.UID {
+		if imap.IsSearchRes(set) {
+			if !slices.Contains(c.v.searchRes, c.m.UID) {
+				return false
+			}
+			continue
+		}
 		if !uidSetHas(set, c.m.UID, c.v.lastUID()) {
 			return false
 		}
@@ -264,7 +287,9 @@ func (c *candidate) parse() {
 			return nil
 		}
 		t, _, _ := part.Header.ContentType()
-		if t != "" && !strings.HasPrefix(t, "text/") {
+		// An attached message is searched as text too (RFC 3501 §6.4.4
+		// searches the whole body); Walk does not descend into it.
+		if t != "" && !strings.HasPrefix(t, "text/") && t != "message/rfc822" && t != "message/global" {
 			return nil
 		}
 		b, _ := io.ReadAll(io.LimitReader(part.Body, int64(maxSearchText-body.Len())))

@@ -22,6 +22,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
@@ -53,6 +54,9 @@ type Server struct {
 	// allowed: the library decides that per server, the relay per client
 	// network.
 	trusted, untrusted *imapserver.Server
+
+	mu  sync.Mutex
+	lns []net.Listener
 }
 
 // New returns an IMAP server on boxes.
@@ -73,7 +77,10 @@ func New(cfg Config, boxes *mailbox.Store) *Server {
 	caps := imap.CapSet{
 		imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {},
 		imap.CapSpecialUse: {}, imap.CapCreateSpecialUse: {},
-		imap.CapLiteralPlus: {}, imap.CapBinary: {},
+		// No LITERAL+: imapserver answers an over-limit non-synchronizing
+		// APPEND without reading the literal, and would run its bytes as
+		// commands. LITERAL- caps those at 4 KiB, far under APPENDLIMIT.
+		imap.CapBinary: {},
 	}
 	mk := func(insecure bool) *imapserver.Server {
 		return imapserver.New(&imapserver.Options{
@@ -116,15 +123,29 @@ func (s *Server) Serve(ln net.Listener) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.trusted.Serve(tr) })
 	wg.Go(func() { s.untrusted.Serve(un) })
+	s.mu.Lock()
+	s.lns = append(s.lns, ln)
+	s.mu.Unlock()
 	var err error
+	var delay time.Duration
 	for {
 		c, aerr := ln.Accept()
 		if aerr != nil {
+			var ne net.Error
+			if errors.As(aerr, &ne) && ne.Timeout() || isTemporary(aerr) {
+				// Out of file descriptors and the like: wait and go on,
+				// as net/http does, rather than take the relay down.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.cfg.Log.Warn("imap accept", "error", aerr, "retry_in", delay)
+				time.Sleep(delay)
+				continue
+			}
 			if !errors.Is(aerr, net.ErrClosed) {
 				err = aerr
 			}
 			break
 		}
+		delay = 0
 		to := un
 		if _, isTLS := c.(*tls.Conn); isTLS || s.trustedAddr(c.RemoteAddr()) {
 			to = tr
@@ -141,9 +162,22 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
-// Close closes every connection; imapserver has no graceful shutdown.
+// Close stops Serve and closes every connection; imapserver has no
+// graceful shutdown.
 func (s *Server) Close() error {
+	s.mu.Lock()
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	s.mu.Unlock()
 	return errors.Join(s.trusted.Close(), s.untrusted.Close())
+}
+
+// isTemporary reports accept errors worth retrying (EMFILE, ENFILE,
+// ECONNABORTED...), which the net package still marks Temporary.
+func isTemporary(err error) bool {
+	t, ok := err.(interface{ Temporary() bool })
+	return ok && t.Temporary()
 }
 
 // chanListener feeds connections accepted elsewhere to an imapserver.

@@ -123,6 +123,10 @@ func (s *session) Create(name string, options *imap.CreateOptions) error {
 	var use string
 	if options != nil && len(options.SpecialUse) > 0 {
 		use = string(options.SpecialUse[0])
+		if !slices.Contains(specialUses, imap.MailboxAttr(use)) {
+			// RFC 6154 §3: an unknown attribute is refused with USEATTR.
+			return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCode("USEATTR"), Text: "unsupported special-use attribute"}
+		}
 	}
 	// RFC 3501 §6.3.3: create the superior names a new name needs.
 	parts := strings.Split(name, string(mailbox.Delimiter))
@@ -135,6 +139,9 @@ func (s *session) Create(name string, options *imap.CreateOptions) error {
 	_, err := s.srv.boxes.CreateMailbox(s.user, name, use)
 	return imapError(err)
 }
+
+var specialUses = []imap.MailboxAttr{imap.MailboxAttrAll, imap.MailboxAttrArchive, imap.MailboxAttrDrafts,
+	imap.MailboxAttrFlagged, imap.MailboxAttrJunk, imap.MailboxAttrSent, imap.MailboxAttrTrash}
 
 func (s *session) Delete(name string) error {
 	return imapError(s.srv.boxes.DeleteMailbox(s.user, name))
@@ -301,9 +308,12 @@ func (s *session) Append(name string, r imap.LiteralReader, options *imap.Append
 	if date.IsZero() {
 		date = time.Now()
 	}
-	flags := make([]string, len(options.Flags))
-	for i, f := range options.Flags {
-		flags[i] = string(f)
+	var flags []string
+	for _, f := range options.Flags {
+		// \Recent is the server's to give (RFC 3501 §2.3.2).
+		if !strings.EqualFold(string(f), `\Recent`) {
+			flags = append(flags, string(f))
+		}
 	}
 	uv, uid, err := s.srv.boxes.Append(s.user, name, io.LimitReader(r, int64(s.srv.cfg.AppendLimit)), date, flags)
 	if err != nil {

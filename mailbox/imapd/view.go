@@ -194,7 +194,8 @@ func (v *view) flags(m mailbox.Message) []imap.Flag {
 	for _, f := range m.Flags {
 		out = append(out, imap.Flag(f))
 	}
-	if v.recent[m.UID] {
+	// IMAP4rev2 has no \Recent (RFC 9051 appendix E).
+	if v.recent[m.UID] && !v.s.conn.EnabledCaps().Has(imap.CapIMAP4rev2) {
 		out = append(out, imap.Flag(`\Recent`))
 	}
 	return out
@@ -256,12 +257,31 @@ func (v *view) resolve(numSet imap.NumSet) []uint32 {
 	return slices.Compact(out)
 }
 
+// checkSeq refuses sequence numbers beyond the mailbox (RFC 3501 §9:
+// seq-number is 1 to the number of messages); UIDs may name anything.
+func (v *view) checkSeq(numSet imap.NumSet) error {
+	set, ok := numSet.(imap.SeqSet)
+	if !ok {
+		return nil
+	}
+	n := uint32(len(v.uids))
+	for _, r := range set {
+		if r.Start > n || r.Stop > n {
+			return &imap.Error{Type: imap.StatusResponseTypeBad, Text: "invalid message sequence number"}
+		}
+	}
+	return nil
+}
+
 var errReadOnly = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCode("READ-ONLY"), Text: "mailbox is read-only (EXAMINE)"}
 
 func (s *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *imap.StoreFlags, options *imap.StoreOptions) error {
 	v := s.sel
 	if v.readOnly {
 		return errReadOnly
+	}
+	if err := v.checkSeq(numSet); err != nil {
+		return err
 	}
 	uids := v.resolve(numSet)
 	if len(uids) == 0 {
@@ -349,6 +369,9 @@ func (s *session) copy(numSet imap.NumSet, dest string, move bool) (*mailbox.Cop
 	v := s.sel
 	if move && v.readOnly {
 		return nil, errReadOnly
+	}
+	if err := v.checkSeq(numSet); err != nil {
+		return nil, err
 	}
 	if _, err := s.srv.boxes.GetMailbox(s.user, dest); err != nil {
 		if errorsIsNoMailbox(err) {

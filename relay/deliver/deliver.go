@@ -206,7 +206,18 @@ func (l *Loop) IsLocal(rcpt string) bool {
 
 // process delivers the due recipients of one message.
 func (l *Loop) process(ctx context.Context, id string) {
-	if err := l.deliverLocal(id); err != nil && !errors.Is(err, spool.ErrNotFound) {
+	err := l.deliverLocal(id)
+	// A conflict is contention with another delivery to the same mailbox,
+	// not a failure: try again soon, without counting an attempt.
+	for try := 1; errors.Is(err, badger.ErrConflict) && try <= 20; try++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Duration(try) * time.Duration(1+rand.IntN(5)) * time.Millisecond):
+		}
+		err = l.deliverLocal(id)
+	}
+	if err != nil && !errors.Is(err, spool.ErrNotFound) {
 		l.log.Error("local delivery failed", "id", id, "error", err)
 		l.deferLocal(id, err)
 	}

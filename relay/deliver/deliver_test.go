@@ -675,13 +675,8 @@ func TestConcurrentDeliveryToOneMailbox(t *testing.T) {
 		// Conflicting deliveries to one INBOX exhaust spool.Update's 16
 		// immediate retries; the loop then treats the conflict as a failed
 		// attempt and defers the message by RetryFirst (5 min).
-		msg := fmt.Sprintf("%d of %d messages deferred instead of delivered at once; first: %+v",
+		t.Errorf("%d of %d messages deferred instead of delivered at once; first: %+v",
 			len(deferred), messages, deferred[0].Rcpts[0])
-		if knownBugs() {
-			t.Error(msg)
-		} else {
-			t.Logf("known bug (set RELAY_KNOWN_BUGS=1 to fail on it): %s", msg)
-		}
 	}
 	// Exactly-once must hold either way: let the retries run.
 	for round := 0; ; round++ {

@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -27,6 +29,7 @@ var (
 	// lets a client smuggle a second message past a server that reads the
 	// end of data differently (SMTP smuggling).
 	errBareNewline = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "message contains a bare LF or CR; lines must end with CRLF"}
+	errLineTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 6}, Message: "line too long, closing connection"}
 	errTimeout     = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "timeout reading message data, closing connection"}
 	errLocal       = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary local problem, try again later"}
 	errNoMail      = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
@@ -54,16 +57,27 @@ type session struct {
 	params  spool.MailParams
 	rcpts   []spool.Recipient
 
+	// mu guards the envelope and closeAfterReply: under BDAT, go-smtp
+	// runs Data in its own goroutine while RSET may call Reset.
+	mu              sync.Mutex
 	closeAfterReply bool
 }
 
 func (s *session) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closeAfterReply {
 		// go-smtp resets after writing the DATA reply; a timed-out client
 		// may still be sending body bytes that must not be read as
-		// commands (go-smtp #196).
-		s.conn.Close()
+		// commands (go-smtp #196). The net.Conn is closed directly:
+		// go-smtp calls Reset with its connection lock held, which
+		// smtp.Conn.Close would take again.
+		s.conn.Conn().Close()
 	}
+	s.clear()
+}
+
+func (s *session) clear() {
 	s.hasFrom = false
 	s.from = ""
 	s.params = spool.MailParams{}
@@ -95,7 +109,9 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		}
 		from = a.String()
 	}
-	s.Reset()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clear()
 	s.hasFrom = true
 	s.from = from
 	s.params = spool.MailParams{
@@ -113,7 +129,10 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 
 // Rcpt handles RCPT TO: only local domains are accepted on the relay port.
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
-	if !s.hasFrom {
+	s.mu.Lock()
+	hasFrom := s.hasFrom
+	s.mu.Unlock()
+	if !hasFrom {
 		return errNoMail
 	}
 	a, err := addr.Parse(to, s.params.SMTPUTF8)
@@ -138,7 +157,9 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if opts.OriginalRecipient != "" {
 		r.ORcpt = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
 	}
+	s.mu.Lock()
 	s.rcpts = append(s.rcpts, r)
+	s.mu.Unlock()
 	return nil
 }
 
@@ -162,7 +183,9 @@ func (s *session) checkLocalUser(a addr.Address) error {
 // Data reads the message (DATA or BDAT) into the spool. The Received: header
 // goes first, so its queue ID is chosen before the body is read.
 func (s *session) Data(r io.Reader) error {
+	s.mu.Lock()
 	if !s.hasFrom || len(s.rcpts) == 0 {
+		s.mu.Unlock()
 		return errNoMail
 	}
 	sp := s.srv.spool
@@ -173,8 +196,9 @@ func (s *session) Data(r io.Reader) error {
 		Helo:     s.conn.Hostname(),
 		From:     s.from,
 		Params:   s.params,
-		Rcpts:    s.rcpts,
+		Rcpts:    slices.Clone(s.rcpts),
 	}
+	s.mu.Unlock()
 	dr := &deadlineReader{
 		r:    r,
 		conn: s.conn.Conn(),
@@ -207,7 +231,17 @@ func (s *session) dataError(m *spool.Message, err error) error {
 		reply = errBareNewline
 	case errors.As(err, &ne) && ne.Timeout():
 		reply = errTimeout
+		s.mu.Lock()
 		s.closeAfterReply = true
+		s.mu.Unlock()
+	case errors.Is(err, smtp.ErrTooLongLine):
+		// RFC 5321 §4.5.3.1.6: the same message would fail again, so the
+		// reply is permanent; the rest of the line is unread, so the
+		// connection goes.
+		reply = errLineTooLong
+		s.mu.Lock()
+		s.closeAfterReply = true
+		s.mu.Unlock()
 	case errors.Is(err, smtp.ErrDataReset), errors.Is(err, io.ErrUnexpectedEOF):
 		// The client went away or reset; nobody reads the reply.
 		s.srv.log.Info("aborted", "id", m.ID, "client", s.ip, "error", err)
@@ -223,7 +257,7 @@ func (s *session) dataError(m *spool.Message, err error) error {
 // keyword of RFC 3848 and RFC 6531.
 func (s *session) received(m *spool.Message) string {
 	proto := "ESMTP"
-	if s.params.SMTPUTF8 {
+	if m.Params.SMTPUTF8 {
 		proto = "UTF8SMTP"
 	}
 	if _, ok := s.conn.TLSConnectionState(); ok {

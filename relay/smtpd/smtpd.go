@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -47,8 +48,10 @@ type Config struct {
 	DataTimeout     time.Duration
 	// WriteTimeout bounds each reply write.
 	WriteTimeout time.Duration
-	// TLS enables STARTTLS when non-nil.
-	TLS *tls.Config
+	// TLS enables STARTTLS when non-nil, or TLS from the first byte with
+	// ImplicitTLS (RFC 8314 submissions).
+	TLS         *tls.Config
+	ImplicitTLS bool
 
 	// Submission makes this a submission port (RFC 6409): AUTH before
 	// MAIL, MAIL FROM only from the authenticated user's addresses, and
@@ -122,6 +125,9 @@ type Server struct {
 	log   *slog.Logger
 	smtp  *smtp.Server
 	now   func() time.Time
+
+	mu    sync.Mutex
+	conns map[*trackedConn]struct{}
 }
 
 // New returns an ingress server that queues into sp.
@@ -130,7 +136,7 @@ func New(cfg Config, sp *spool.Spool, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, spool: sp, log: log, now: sp.Now}
+	s := &Server{cfg: cfg, spool: sp, log: log, now: sp.Now, conns: map[*trackedConn]struct{}{}}
 	srv := smtp.NewServer(s)
 	srv.Domain = cfg.Hostname
 	srv.MaxMessageBytes = cfg.MaxMessageBytes
@@ -139,7 +145,9 @@ func New(cfg Config, sp *spool.Spool, log *slog.Logger) *Server {
 	srv.WriteTimeout = cfg.WriteTimeout
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
-	srv.TLSConfig = cfg.TLS
+	if !cfg.ImplicitTLS {
+		srv.TLSConfig = cfg.TLS
+	}
 	// AUTH is offered per connection by session.AuthMechanisms, which
 	// applies PlainAuthNets; go-smtp's own switch would refuse AUTH on
 	// every plain-text connection.
@@ -151,7 +159,12 @@ func New(cfg Config, sp *spool.Spool, log *slog.Logger) *Server {
 
 // Serve accepts connections on l until Shutdown or Close.
 func (s *Server) Serve(l net.Listener) error {
-	err := s.smtp.Serve(l)
+	var ln net.Listener = &trackingListener{Listener: l, srv: s}
+	if s.cfg.ImplicitTLS {
+		// Tracking sits under TLS, so go-smtp still sees a *tls.Conn.
+		ln = tls.NewListener(ln, s.cfg.TLS)
+	}
+	err := s.smtp.Serve(ln)
 	if errors.Is(err, smtp.ErrServerClosed) {
 		return nil
 	}
@@ -163,9 +176,52 @@ func (s *Server) Serve(l net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.smtp.Shutdown(ctx)
 	if err != nil {
-		s.smtp.Close()
+		// go-smtp's Close does nothing after Shutdown, so the sessions
+		// still open are dropped here.
+		s.mu.Lock()
+		open := make([]*trackedConn, 0, len(s.conns))
+		for c := range s.conns {
+			open = append(open, c)
+		}
+		s.mu.Unlock()
+		for _, c := range open {
+			c.Close()
+		}
 	}
 	return err
+}
+
+// trackingListener records open connections so Shutdown can drop them.
+type trackingListener struct {
+	net.Listener
+	srv *Server
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{Conn: c, srv: l.srv}
+	l.srv.mu.Lock()
+	l.srv.conns[tc] = struct{}{}
+	l.srv.mu.Unlock()
+	return tc, nil
+}
+
+type trackedConn struct {
+	net.Conn
+	srv  *Server
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() {
+		c.srv.mu.Lock()
+		delete(c.srv.conns, c)
+		c.srv.mu.Unlock()
+	})
+	return c.Conn.Close()
 }
 
 // NewSession implements smtp.Backend; go-smtp calls it at the first

@@ -89,7 +89,6 @@ func TestDataIdleTimeout(t *testing.T) {
 // (within a few seconds, far below the 10s command timeout).
 func TestDataIdleTimeoutCloses(t *testing.T) {
 	t.Parallel()
-	knownBug(t, "relay/smtpd/session.go Reset calls s.conn.Close() when closeAfterReply is set, but go-smtp calls Session.Reset from Conn.reset with Conn.locker held and Conn.Close takes the same lock: the connection goroutine deadlocks after writing 451 4.4.2, the socket is never closed (the client hangs until its own timeout) and Shutdown never sees that session end")
 	cfg := testConfig()
 	cfg.CommandTimeout = 10 * time.Second
 	cfg.DataIdleTimeout = 300 * time.Millisecond
