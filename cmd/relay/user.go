@@ -120,12 +120,7 @@ func readPassword(stdin io.Reader, stderr io.Writer, fromStdin bool) (string, er
 	if !ok || !term.IsTerminal(int(f.Fd())) {
 		return "", errors.New("no terminal to ask for the password: pipe it in with --password-stdin")
 	}
-	ask := func(prompt string) (string, error) {
-		fmt.Fprint(stderr, prompt)
-		b, err := term.ReadPassword(int(f.Fd()))
-		fmt.Fprintln(stderr)
-		return string(b), err
-	}
+	ask := func(prompt string) (string, error) { return askPassword(f, stderr, prompt) }
 	pw, err := ask("Password: ")
 	if err != nil {
 		return "", err

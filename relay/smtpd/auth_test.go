@@ -31,15 +31,15 @@ import (
 )
 
 const (
-	alice   = "alice@localhost"
-	alicePW = "correct horse"
+	subUser = "alice@localhost"
+	subPass = "correct horse"
 )
 
-// b64 is the base64 of a SASL message, as it goes on the wire.
-func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+// saslB64 is the base64 of a SASL message, as it goes on the wire.
+func saslB64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 // plainIR is the AUTH PLAIN initial response (RFC 4616 §2).
-func plainIR(authz, user, pass string) string { return b64(authz + "\x00" + user + "\x00" + pass) }
+func plainIR(authz, user, pass string) string { return saslB64(authz + "\x00" + user + "\x00" + pass) }
 
 // sleeps records the delays a throttle asks for instead of waiting them out.
 type sleeps struct {
@@ -67,7 +67,7 @@ func recordingThrottle() (*throttle.Throttle, *sleeps) {
 }
 
 // authFixture is what every submission subtest shares: an account store
-// holding alice, and a TLS configuration with a self-signed certificate.
+// holding alice@localhost, and a TLS configuration with a self-signed certificate.
 type authFixture struct {
 	boxes *mailbox.Store
 	tls   *tls.Config
@@ -81,7 +81,7 @@ func newAuthFixture(t *testing.T) *authFixture {
 	}
 	t.Cleanup(func() { db.Close() })
 	boxes := mailbox.New(db, nil)
-	if err := boxes.AddUser(alice, alicePW); err != nil {
+	if err := boxes.AddUser(subUser, subPass); err != nil {
 		t.Fatalf("AddUser: %v", err)
 	}
 	certs, err := tlsconf.Load("", "", t.TempDir(), "localhost")
@@ -156,16 +156,16 @@ func TestSubmission(t *testing.T) {
 			steps [][2]string
 		}{
 			{"PLAIN with initial response", [][2]string{
-				{"AUTH PLAIN " + plainIR("", alice, alicePW), "235 2.0.0"},
+				{"AUTH PLAIN " + plainIR("", subUser, subPass), "235 2.0.0"},
 			}},
 			{"LOGIN with initial response", [][2]string{
-				{"AUTH LOGIN " + b64(alice), "334 " + b64("Password:")},
-				{b64(alicePW), "235 2.0.0"},
+				{"AUTH LOGIN " + saslB64(subUser), "334 " + saslB64("Password:")},
+				{saslB64(subPass), "235 2.0.0"},
 			}},
 			{"LOGIN without initial response", [][2]string{
-				{"AUTH LOGIN", "334 " + b64("Username:")},
-				{b64(alice), "334 " + b64("Password:")},
-				{b64(alicePW), "235 2.0.0"},
+				{"AUTH LOGIN", "334 " + saslB64("Username:")},
+				{saslB64(subUser), "334 " + saslB64("Password:")},
+				{saslB64(subPass), "235 2.0.0"},
 			}},
 		}
 		for _, tt := range tests {
@@ -177,8 +177,8 @@ func TestSubmission(t *testing.T) {
 					t.Errorf("EHLO on loopback advertises %q, want AUTH PLAIN LOGIN", got)
 				}
 				rc.dialog(tt.steps)
-				rc.expect("AUTH PLAIN "+plainIR("", alice, alicePW), "503 5.5.1")
-				rc.expect("MAIL FROM:<"+alice+">", "250 ")
+				rc.expect("AUTH PLAIN "+plainIR("", subUser, subPass), "503 5.5.1")
+				rc.expect("MAIL FROM:<"+subUser+">", "250 ")
 			})
 		}
 		t.Cleanup(func() {
@@ -200,12 +200,12 @@ func TestSubmission(t *testing.T) {
 			name  string
 			steps [][2]string
 		}{
-			{"PLAIN bad password", [][2]string{{"AUTH PLAIN " + plainIR("", alice, "wrong"), "535 5.7.8"}}},
-			{"PLAIN unknown user", [][2]string{{"AUTH PLAIN " + plainIR("", "nobody@localhost", alicePW), "535 5.7.8"}}},
-			{"PLAIN another authorization identity", [][2]string{{"AUTH PLAIN " + plainIR("postmaster@localhost", alice, alicePW), "535 5.7.8"}}},
+			{"PLAIN bad password", [][2]string{{"AUTH PLAIN " + plainIR("", subUser, "wrong"), "535 5.7.8"}}},
+			{"PLAIN unknown user", [][2]string{{"AUTH PLAIN " + plainIR("", "nobody@localhost", subPass), "535 5.7.8"}}},
+			{"PLAIN another authorization identity", [][2]string{{"AUTH PLAIN " + plainIR("postmaster@localhost", subUser, subPass), "535 5.7.8"}}},
 			{"LOGIN bad password", [][2]string{
-				{"AUTH LOGIN " + b64(alice), "334 "},
-				{b64("wrong"), "535 5.7.8"},
+				{"AUTH LOGIN " + saslB64(subUser), "334 "},
+				{saslB64("wrong"), "535 5.7.8"},
 			}},
 		}
 		var replies []string
@@ -220,7 +220,7 @@ func TestSubmission(t *testing.T) {
 			}
 			replies = append(replies, got)
 			// The session is still unauthenticated and usable.
-			wantRaw(t, rc, "MAIL FROM:<"+alice+">", "530 5.7.0 authentication required")
+			wantRaw(t, rc, "MAIL FROM:<"+subUser+">", "530 5.7.0 authentication required")
 		}
 		for i, r := range replies {
 			if r != replies[0] {
@@ -233,7 +233,7 @@ func TestSubmission(t *testing.T) {
 		}
 		// Throttled, not locked out: the right password still works.
 		rc := s.rawHello(t)
-		rc.expect("AUTH PLAIN "+plainIR("", alice, alicePW), "235 ")
+		rc.expect("AUTH PLAIN "+plainIR("", subUser, subPass), "235 ")
 	})
 
 	// RFC 6409 §4.3 and §6.1: no MAIL before AUTH; MAIL FROM only with
@@ -244,16 +244,16 @@ func TestSubmission(t *testing.T) {
 		cfg, _ := f.config(true)
 		s := startServer(t, cfg)
 		c := s.hello(t)
-		wantSMTP(t, "MAIL before AUTH", c.Mail(alice, nil), 530, smtp.EnhancedCode{5, 7, 0}, "authentication required")
-		if err := c.Auth(sasl.NewPlainClient("", alice, alicePW)); err != nil {
+		wantSMTP(t, "MAIL before AUTH", c.Mail(subUser, nil), 530, smtp.EnhancedCode{5, 7, 0}, "authentication required")
+		if err := c.Auth(sasl.NewPlainClient("", subUser, subPass)); err != nil {
 			t.Fatalf("AUTH PLAIN: %v", err)
 		}
 		for _, from := range []string{"bob@localhost", "alice@relay.test", "alice@example.org", "malice@localhost", ""} {
 			wantSMTP(t, "MAIL FROM:<"+from+">", c.Mail(from, nil), 553, smtp.EnhancedCode{5, 7, 1}, "")
 		}
-		for _, from := range []string{alice, "ALICE@LocalHost", "alice+lists@localhost"} {
+		for _, from := range []string{subUser, "ALICE@LocalHost", "alice+lists@localhost"} {
 			if err := c.Mail(from, nil); err != nil {
-				t.Errorf("MAIL FROM:<%s> as %s: %v", from, alice, err)
+				t.Errorf("MAIL FROM:<%s> as %s: %v", from, subUser, err)
 			}
 			if err := c.Reset(); err != nil {
 				t.Fatalf("RSET: %v", err)
@@ -310,9 +310,9 @@ func TestSubmission(t *testing.T) {
 		if !slices.Contains(exts, "STARTTLS") {
 			t.Errorf("EHLO does not advertise STARTTLS: %q", exts)
 		}
-		wantRaw(t, rc, "AUTH PLAIN "+plainIR("", alice, alicePW), "530 5.7.0 must issue STARTTLS first")
+		wantRaw(t, rc, "AUTH PLAIN "+plainIR("", subUser, subPass), "530 5.7.0 must issue STARTTLS first")
 		wantRaw(t, rc, "AUTH LOGIN", "530 5.7.0 must issue STARTTLS first")
-		wantRaw(t, rc, "MAIL FROM:<"+alice+">", "530 5.7.0 authentication required")
+		wantRaw(t, rc, "MAIL FROM:<"+subUser+">", "530 5.7.0 authentication required")
 		if d := rec.get(); len(d) != 0 {
 			t.Errorf("refused AUTH without TLS counted as failed logins: delays %v", d)
 		}
@@ -326,10 +326,10 @@ func TestSubmission(t *testing.T) {
 		if ok, mechs := c.Extension("AUTH"); !ok || mechs != "PLAIN LOGIN" {
 			t.Errorf("EHLO after STARTTLS: AUTH %v %q, want PLAIN LOGIN", ok, mechs)
 		}
-		if err := c.Auth(sasl.NewPlainClient("", alice, alicePW)); err != nil {
+		if err := c.Auth(sasl.NewPlainClient("", subUser, subPass)); err != nil {
 			t.Fatalf("AUTH PLAIN after STARTTLS: %v", err)
 		}
-		if err := send(c, alice, nil, []string{"dave@example.org"}, plainBody); err != nil {
+		if err := send(c, subUser, nil, []string{"dave@example.org"}, plainBody); err != nil {
 			t.Fatalf("send after STARTTLS and AUTH: %v", err)
 		}
 		m := s.wantQueued(t, 1)[0]
@@ -353,7 +353,7 @@ func TestSubmission(t *testing.T) {
 		if got := authLine(rc.ehlo()); got != "" {
 			t.Errorf("relay port advertises %q", got)
 		}
-		rc.expect("AUTH PLAIN "+plainIR("", alice, alicePW), "502 5.7.0")
+		rc.expect("AUTH PLAIN "+plainIR("", subUser, subPass), "502 5.7.0")
 
 		c2, err := smtp.NewClientStartTLS(dialFrom(t, "127.0.0.1", s.addr), &tls.Config{InsecureSkipVerify: true})
 		if err != nil {
@@ -369,7 +369,7 @@ func TestSubmission(t *testing.T) {
 		}
 		wantSMTP(t, "RCPT unknown local user", c2.Rcpt("nobody@localhost", nil), 550, smtp.EnhancedCode{5, 1, 1}, "no such user")
 		wantSMTP(t, "RCPT remote", c2.Rcpt("carol@example.org", nil), 554, smtp.EnhancedCode{5, 7, 1}, "relay access denied")
-		for _, rcpt := range []string{alice, "alice+tag@localhost", "Alice@LOCALHOST"} {
+		for _, rcpt := range []string{subUser, "alice+tag@localhost", "Alice@LOCALHOST"} {
 			if err := c2.Rcpt(rcpt, nil); err != nil {
 				t.Errorf("RCPT TO:<%s> on the relay port: %v", rcpt, err)
 			}
