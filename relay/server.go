@@ -139,11 +139,6 @@ func (s *Server) listen() error {
 			return fmt.Errorf("%s listener: %w", l.name, err)
 		}
 		s.listeners[l.name] = ln.Addr()
-		tlsCfg := s.certs.Config()
-		if l.direct {
-			ln = tls.NewListener(ln, tlsCfg)
-			tlsCfg = nil
-		}
 		srv := smtpd.New(smtpd.Config{
 			Hostname:        s.cfg.Hostname,
 			Domains:         slices.Clone(s.cfg.Domains),
@@ -152,7 +147,8 @@ func (s *Server) listen() error {
 			CommandTimeout:  time.Duration(s.cfg.SMTPTimeout),
 			DataIdleTimeout: time.Duration(s.cfg.SMTPTimeout),
 			DataTimeout:     time.Duration(s.cfg.DataTimeout),
-			TLS:             tlsCfg,
+			TLS:             s.certs.Config(),
+			ImplicitTLS:     l.direct,
 			Submission:      l.submission,
 			Accounts:        s.boxes,
 			Throttle:        s.authThrottle,
