@@ -72,8 +72,9 @@ func (l *Loop) notifyTxn(txn *badger.Txn, m *spool.Message, idx []int, now time.
 			// report on it.
 			ret = "HDRS"
 		}
+		noticeID := l.spool.NewID()
 		rep := &dsn.Report{
-			ReportingMTA: l.cfg.Hostname, To: m.From, QueueID: m.ID, EnvID: m.Params.EnvID,
+			ReportingMTA: l.cfg.Hostname, To: m.From, QueueID: m.ID, NoticeID: noticeID, EnvID: m.Params.EnvID,
 			Arrived: m.Arrived, Recipients: rs, Ret: ret, UTF8: m.Params.SMTPUTF8, Now: now,
 		}
 		var buf bytes.Buffer
@@ -82,7 +83,7 @@ func (l *Loop) notifyTxn(txn *badger.Txn, m *spool.Message, idx []int, now time.
 			continue
 		}
 		notice := &spool.Message{
-			ID:      l.spool.NewID(),
+			ID:      noticeID,
 			Arrived: now,
 			From:    "",
 			Params:  spool.MailParams{SMTPUTF8: m.Params.SMTPUTF8},

@@ -45,7 +45,8 @@ type Recipient struct {
 type Report struct {
 	ReportingMTA string // our host name
 	To           string // the envelope sender of the original
-	QueueID      string
+	QueueID      string // of the original message
+	NoticeID     string // of this notice, for its Message-Id
 	EnvID        string
 	Arrived      time.Time
 	Recipients   []Recipient
@@ -77,7 +78,11 @@ func Build(w io.Writer, r *Report, original io.Reader) error {
 	h.Set("To", "<"+r.To+">")
 	h.Set("Subject", subject(r))
 	h.Set("Date", r.Now.Format(time.RFC1123Z))
-	h.Set("Message-Id", fmt.Sprintf("<%s.dsn@%s>", r.QueueID, r.ReportingMTA))
+	id := r.NoticeID
+	if id == "" {
+		id = r.QueueID
+	}
+	h.Set("Message-Id", fmt.Sprintf("<%s.dsn@%s>", id, r.ReportingMTA))
 	// RFC 3834: automatic replies must not trigger further ones.
 	h.Set("Auto-Submitted", "auto-replied")
 	h.Set("MIME-Version", "1.0")

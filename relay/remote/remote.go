@@ -178,37 +178,46 @@ func (t *Transport) route(ctx context.Context, domain string) (*route, *failure)
 // Deliver implements deliver.Remote: one transaction per destination.
 func (t *Transport) Deliver(ctx context.Context, m *spool.Message, rcpts []int) []deliver.Outcome {
 	out := make([]deliver.Outcome, len(rcpts))
-	groups := map[string][]int{} // domain -> positions in rcpts
+	// Route each domain once, then group recipients by destination, so
+	// three domains behind one smarthost are one transaction.
+	routes := map[string]*route{}
+	fails := map[string]*failure{}
+	groups := map[string][]int{} // route key -> positions in rcpts
 	var order []string
 	for j, i := range rcpts {
 		a := m.Rcpts[i].Address
 		d := strings.ToLower(a[strings.LastIndexByte(a, '@')+1:])
-		if _, ok := groups[d]; !ok {
-			order = append(order, d)
-		}
-		groups[d] = append(groups[d], j)
-	}
-	for _, d := range order {
-		pos := groups[d]
-		r, f := t.route(ctx, d)
-		if f == nil {
-			var remote string
-			var remoteDSN bool
-			var per []*failure
-			remote, remoteDSN, per, f = t.send(ctx, r, m, rcpts, pos)
-			if f == nil {
-				for k, j := range pos {
-					out[j] = outcome(per[k], remote, remoteDSN)
+		if _, seen := routes[d]; !seen {
+			if _, failed := fails[d]; !failed {
+				r, f := t.route(ctx, d)
+				if f != nil {
+					fails[d] = f
+				} else {
+					routes[d] = r
 				}
-				continue
 			}
-			for _, j := range pos {
-				out[j] = outcome(f, remote, false)
-			}
+		}
+		if f := fails[d]; f != nil {
+			out[j] = outcome(f, "", false)
 			continue
 		}
-		for _, j := range pos {
-			out[j] = outcome(f, "", false)
+		key := routes[d].key
+		if _, ok := groups[key]; !ok {
+			order = append(order, d)
+		}
+		groups[key] = append(groups[key], j)
+	}
+	for _, d := range order {
+		r := routes[d]
+		pos := groups[r.key]
+		remote, remoteDSN, per, f := t.send(ctx, r, m, rcpts, pos)
+		for k, j := range pos {
+			switch {
+			case f != nil:
+				out[j] = outcome(f, remote, false)
+			default:
+				out[j] = outcome(per[k], remote, remoteDSN)
+			}
 		}
 	}
 	return out
@@ -250,6 +259,10 @@ func (t *Transport) send(ctx context.Context, r *route, m *spool.Message, rcpts 
 	}
 	remote, remoteDSN = hostOnly(p.host), p.dsn
 	c := p.c
+	// A stuck server must not outlive a shutdown: cancelling ctx closes
+	// the connection, which fails whatever command waits on it.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
 	keep := false
 	defer func() {
 		if keep {
@@ -321,7 +334,7 @@ func (t *Transport) send(ctx context.Context, r *route, m *spool.Message, rcpts 
 		}
 		return remote, remoteDSN, per, nil
 	}
-	keep = true
+	keep = ctx.Err() == nil
 	return remote, remoteDSN, per, nil
 }
 
@@ -395,8 +408,32 @@ func (t *Transport) dial(ctx context.Context, hp string) (net.Conn, *failure) {
 	if err != nil {
 		return nil, temp("451 4.4.1 connect to %s: %v", hp, err)
 	}
-	return conn, nil
+	return &deadlineConn{Conn: conn, d: t.cfg.CommandTimeout}, nil
 }
+
+// deadlineConn bounds every read and write by d, under TLS and go-smtp, so
+// that the greeting, a body the server stops reading and the reply to the
+// final dot are all bounded (go-smtp sets no deadline on some of them).
+type deadlineConn struct {
+	net.Conn
+	d time.Duration
+}
+
+func (c *deadlineConn) Read(p []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.d))
+	return c.Conn.Read(p)
+}
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.d))
+	return c.Conn.Write(p)
+}
+
+// SetDeadline and friends are go-smtp's; the per-call deadlines above
+// replace them.
+func (c *deadlineConn) SetDeadline(time.Time) error      { return nil }
+func (c *deadlineConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *deadlineConn) SetWriteDeadline(time.Time) error { return nil }
 
 // connect opens a session with opportunistic STARTTLS: when the server does
 // not offer it or the handshake fails, it reconnects in plain text and
@@ -423,12 +460,28 @@ func (t *Transport) connect(ctx context.Context, hp string, auth bool) (*pooled,
 		} else {
 			conn.Close()
 			var se *smtp.SMTPError
-			if errors.As(err, &se) && se.Code >= 500 && !strings.Contains(err.Error(), "STARTTLS") {
+			if errors.As(err, &se) && se.Code >= 500 && !strings.Contains(err.Error(), "STARTTLS") || isTimeout(err) {
 				return nil, fromSMTP("greeting", err)
 			}
 			t.mu.Lock()
 			t.noTLS[hp] = time.Now().Add(time.Hour)
 			t.mu.Unlock()
+		}
+	}
+	if c != nil {
+		c.CommandTimeout, c.SubmissionTimeout = t.cfg.CommandTimeout, t.cfg.CommandTimeout
+		// The TLS handshake runs lazily, at this EHLO: a broken one
+		// falls back to plain text like a missing STARTTLS.
+		if err := c.Hello(t.cfg.Hostname); err != nil {
+			c.Close()
+			var se *smtp.SMTPError
+			if errors.As(err, &se) || isTimeout(err) {
+				return nil, fromSMTP("EHLO", err)
+			}
+			t.mu.Lock()
+			t.noTLS[hp] = time.Now().Add(time.Hour)
+			t.mu.Unlock()
+			c = nil
 		}
 	}
 	if c == nil {
@@ -437,11 +490,11 @@ func (t *Transport) connect(ctx context.Context, hp string, auth bool) (*pooled,
 			return nil, f
 		}
 		c = smtp.NewClient(conn)
-	}
-	c.CommandTimeout = t.cfg.CommandTimeout
-	if err := c.Hello(t.cfg.Hostname); err != nil {
-		c.Close()
-		return nil, fromSMTP("EHLO", err)
+		c.CommandTimeout, c.SubmissionTimeout = t.cfg.CommandTimeout, t.cfg.CommandTimeout
+		if err := c.Hello(t.cfg.Hostname); err != nil {
+			c.Close()
+			return nil, fromSMTP("EHLO", err)
+		}
 	}
 	if auth {
 		_, isTLS := c.TLSConnectionState()
@@ -456,6 +509,11 @@ func (t *Transport) connect(ctx context.Context, hp string, auth bool) (*pooled,
 	}
 	dsn, _ := c.Extension("DSN")
 	return &pooled{c: c, host: hp, dsn: dsn}, nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func isLoopback(host string) bool {
