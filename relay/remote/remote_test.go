@@ -272,9 +272,9 @@ func TestCancelWhileHanging(t *testing.T) {
 	case out := <-done:
 		checkFail(t, "bob", out[0], false, "4.")
 	case <-time.After(3 * time.Second):
-		t.Fatalf("remote.Transport.Deliver ignores ctx once connected: after cancel a delivery stuck at RCPT "+
-			"runs on until CommandTimeout (here 30s, default 5 min), and deliver.Loop.Run waits for it, so "+
-			"`relay serve` cannot stop promptly while a remote hangs (relay/remote/remote.go send/connect use ctx "+
+		t.Fatalf("remote.Transport.Deliver ignores ctx once connected: after cancel a delivery stuck at RCPT " +
+			"runs on until CommandTimeout (here 30s, default 5 min), and deliver.Loop.Run waits for it, so " +
+			"`relay serve` cannot stop promptly while a remote hangs (relay/remote/remote.go send/connect use ctx " +
 			"only for dialing and the slot)")
 		t.Fatalf("Deliver still runs 3s after its context was cancelled")
 	}
