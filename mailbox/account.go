@@ -127,26 +127,44 @@ func (s *Store) DeleteUser(addr string, force bool) error {
 	if total > 0 && !force {
 		return fmt.Errorf("%s holds %d message(s); use --force to delete them too: %w", addr, total, ErrHasMail)
 	}
-	// Messages go in batches (a big mailbox does not fit one transaction);
-	// the account and mailbox records go last, so an interrupted delete
-	// leaves a valid, smaller account that a second run finishes.
-	for _, mb := range mbs {
-		if err := s.purgeMailbox(mb.ID); err != nil {
-			return err
-		}
-	}
+	// First the account and its mailbox names go, in one transaction that
+	// reads each mailbox record: a delivery committing meanwhile makes it
+	// conflict and retry, and once it commits no delivery can add a
+	// message (AppendTxn needs the mailbox). Then the messages go in
+	// batches, since a big mailbox does not fit one transaction. A crash
+	// between the two leaves unreachable messages, never a half account.
 	err = s.update(func(txn *badger.Txn) error {
-		for _, mb := range mbs {
+		for _, old := range mbs {
+			mb, err := GetMailboxTxn(txn, addr, old.Name)
+			if err != nil {
+				return err
+			}
+			if !force && anyMessageTxn(txn, mb.ID) {
+				return fmt.Errorf("%s received mail meanwhile; use --force to delete it too: %w", addr, ErrHasMail)
+			}
 			if err := txn.Delete(mailboxKey(addr, mb.Name)); err != nil {
 				return err
 			}
 		}
 		return txn.Delete(userKey(addr))
 	})
-	if err == nil {
-		s.Notify(addr)
+	if err != nil {
+		return err
 	}
-	return err
+	s.Notify(addr)
+	for _, mb := range mbs {
+		if err := s.purgeMailbox(mb.ID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func anyMessageTxn(txn *badger.Txn, mboxID uint64) bool {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: msgPrefix(mboxID)})
+	defer it.Close()
+	it.Rewind()
+	return it.Valid()
 }
 
 // ListUsers returns every account with its message count and size.

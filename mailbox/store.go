@@ -30,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -263,13 +264,15 @@ func counter(txn *badger.Txn, key string, atLeast uint64) (uint64, error) {
 }
 
 // update runs fn in a read-write transaction, retrying on conflicts with
-// concurrent writers (a delivery and an IMAP APPEND to one mailbox).
+// concurrent writers (a delivery and an IMAP APPEND to one mailbox), with a
+// short growing pause so that many writers to one mailbox take turns.
 func (s *Store) update(fn func(txn *badger.Txn) error) error {
-	for range 32 {
+	for try := range 64 {
 		err := s.db.Update(fn)
 		if !errors.Is(err, badger.ErrConflict) {
 			return err
 		}
+		time.Sleep(time.Duration(rand.IntN(try+1)+1) * 200 * time.Microsecond)
 	}
 	return badger.ErrConflict
 }
