@@ -39,20 +39,27 @@ func PutBlobTxn(txn *badger.Txn, blob string, body io.Reader, refs uint32) (int6
 	return size, txn.Set(refKey(blob), binary.BigEndian.AppendUint32(nil, refs))
 }
 
-// unrefBlob drops one reference to blob and deletes it with the last.
-func unrefBlob(txn *badger.Txn, blob string, size int64) error {
+// refs reads blob's reference count.
+func refs(txn *badger.Txn, blob string) (uint32, error) {
 	item, err := txn.Get(refKey(blob))
 	if err != nil {
-		return fmt.Errorf("blob %s refcount: %w", blob, err)
+		return 0, fmt.Errorf("blob %s refcount: %w", blob, err)
 	}
 	var n uint32
-	if err := item.Value(func(b []byte) error {
+	err = item.Value(func(b []byte) error {
 		if len(b) != 4 {
 			return fmt.Errorf("blob %s refcount: bad length", blob)
 		}
 		n = binary.BigEndian.Uint32(b)
 		return nil
-	}); err != nil {
+	})
+	return n, err
+}
+
+// unrefBlob drops one reference to blob and deletes it with the last.
+func unrefBlob(txn *badger.Txn, blob string, size int64) error {
+	n, err := refs(txn, blob)
+	if err != nil {
 		return err
 	}
 	if n > 1 {

@@ -358,18 +358,8 @@ func (s *Store) Copy(user, src, dst string, uids []uint32, move bool, source any
 }
 
 func refBlob(txn *badger.Txn, blob string) error {
-	item, err := txn.Get(refKey(blob))
+	n, err := refs(txn, blob)
 	if err != nil {
-		return fmt.Errorf("blob %s refcount: %w", blob, err)
-	}
-	var n uint32
-	if err := item.Value(func(b []byte) error {
-		if len(b) != 4 {
-			return fmt.Errorf("blob %s refcount: bad length", blob)
-		}
-		n = binary.BigEndian.Uint32(b)
-		return nil
-	}); err != nil {
 		return err
 	}
 	return txn.Set(refKey(blob), binary.BigEndian.AppendUint32(nil, n+1))

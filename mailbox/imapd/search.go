@@ -199,17 +199,7 @@ func dateIn(t, since, before time.Time) bool {
 
 func seqSetHas(set imap.SeqSet, seq, n uint32) bool {
 	for _, r := range set {
-		lo, hi := r.Start, r.Stop
-		if lo == 0 {
-			lo = n
-		}
-		if hi == 0 {
-			hi = n
-		}
-		if lo > hi {
-			lo, hi = hi, lo
-		}
-		if seq >= lo && seq <= hi {
+		if lo, hi := span(r.Start, r.Stop, n); seq >= lo && seq <= hi {
 			return true
 		}
 	}
@@ -218,17 +208,7 @@ func seqSetHas(set imap.SeqSet, seq, n uint32) bool {
 
 func uidSetHas(set imap.UIDSet, uid, last uint32) bool {
 	for _, r := range set {
-		lo, hi := uint32(r.Start), uint32(r.Stop)
-		if lo == 0 {
-			lo = last
-		}
-		if hi == 0 {
-			hi = last
-		}
-		if lo > hi {
-			lo, hi = hi, lo
-		}
-		if uid >= lo && uid <= hi {
+		if lo, hi := span(uint32(r.Start), uint32(r.Stop), last); uid >= lo && uid <= hi {
 			return true
 		}
 	}

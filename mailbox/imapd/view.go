@@ -220,16 +220,7 @@ func (v *view) resolve(numSet imap.NumSet) []uint32 {
 	switch set := numSet.(type) {
 	case imap.SeqSet:
 		for _, r := range set {
-			lo, hi := r.Start, r.Stop
-			if lo == 0 {
-				lo = n
-			}
-			if hi == 0 {
-				hi = n
-			}
-			if lo > hi {
-				lo, hi = hi, lo
-			}
+			lo, hi := span(r.Start, r.Stop, n)
 			for seq := max(lo, 1); seq <= min(hi, n); seq++ {
 				out = append(out, v.uids[seq-1])
 			}
@@ -237,16 +228,7 @@ func (v *view) resolve(numSet imap.NumSet) []uint32 {
 	case imap.UIDSet:
 		last := v.lastUID()
 		for _, r := range set {
-			lo, hi := uint32(r.Start), uint32(r.Stop)
-			if lo == 0 {
-				lo = last
-			}
-			if hi == 0 {
-				hi = last
-			}
-			if lo > hi {
-				lo, hi = hi, lo
-			}
+			lo, hi := span(uint32(r.Start), uint32(r.Stop), last)
 			i, _ := slices.BinarySearch(v.uids, lo)
 			for ; i < len(v.uids) && v.uids[i] <= hi; i++ {
 				out = append(out, v.uids[i])
@@ -255,6 +237,17 @@ func (v *view) resolve(numSet imap.NumSet) []uint32 {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// span orders a range and gives "*" (stored as 0) the value last.
+func span(start, stop, last uint32) (lo, hi uint32) {
+	if start == 0 {
+		start = last
+	}
+	if stop == 0 {
+		stop = last
+	}
+	return min(start, stop), max(start, stop)
 }
 
 // checkSeq refuses sequence numbers beyond the mailbox (RFC 3501 §9:
