@@ -24,6 +24,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
+	"github.com/relaymail/relay/internal/metrics"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/spool"
 )
@@ -42,6 +43,8 @@ type Config struct {
 	Lifetime, DelayNotice time.Duration
 	// Hostname names this relay in DSNs.
 	Hostname string
+	// Metrics counts recipients' attempt results; nil counts nothing.
+	Metrics *metrics.Registry
 }
 
 // Remote delivers recipients outside the local domains. Deliver returns one
@@ -231,8 +234,9 @@ func (l *Loop) deliverLocal(id string) error {
 	now := l.spool.Now()
 	var users, done []string
 	var arrived time.Time
+	var bounced int
 	err := l.spool.Update(id, func(txn *badger.Txn, m *spool.Message) error {
-		users, done, arrived = users[:0], done[:0], m.Arrived
+		users, done, arrived, bounced = users[:0], done[:0], m.Arrived, 0
 		var idx, report []int
 		defer func() {
 			if len(report) > 0 {
@@ -254,6 +258,7 @@ func (l *Loop) deliverLocal(id string) error {
 				rc.Attempts++
 				rc.State, rc.LastError, rc.RemoteMTA = spool.Failed, "550 5.1.1 no such user", ""
 				report = append(report, i)
+				bounced++
 				continue
 			}
 			idx = append(idx, i)
@@ -289,7 +294,11 @@ func (l *Loop) deliverLocal(id string) error {
 	for _, u := range users {
 		l.boxes.Notify(u)
 	}
+	for range bounced {
+		l.cfg.Metrics.Delivery(metrics.Bounced)
+	}
 	for _, r := range done {
+		l.cfg.Metrics.Delivery(metrics.Delivered)
 		l.log.Info("delivered", "id", id, "rcpt", r, "relay", "local", "delay", now.Sub(arrived).Round(time.Millisecond))
 	}
 	return nil
@@ -299,14 +308,22 @@ func (l *Loop) deliverLocal(id string) error {
 // of at once.
 func (l *Loop) deferLocal(id string, cause error) {
 	now := l.spool.Now()
+	var deferred int
 	err := l.spool.Update(id, func(_ *badger.Txn, m *spool.Message) error {
+		deferred = 0
 		for i, r := range m.Rcpts {
 			if r.State == spool.Pending && !r.NextAttempt.After(now) && l.IsLocal(r.Address) {
 				l.retryLater(&m.Rcpts[i], now, fmt.Sprintf("451 4.3.0 local delivery failed: %v", cause))
+				deferred++
 			}
 		}
 		return nil
 	})
+	if err == nil {
+		for range deferred {
+			l.cfg.Metrics.Delivery(metrics.Deferred)
+		}
+	}
 	if err != nil && !errors.Is(err, spool.ErrNotFound) {
 		l.log.Error("defer failed", "id", id, "error", err)
 	}
@@ -336,8 +353,10 @@ func (l *Loop) deliverRemote(ctx context.Context, id string) {
 	} else {
 		outcomes = l.remote.Deliver(ctx, m, idx)
 	}
+	var results []string // outcome per recipient, counted once committed
 	err = l.spool.Update(id, func(txn *badger.Txn, m *spool.Message) error {
 		var report []int
+		results = results[:0]
 		for j, i := range idx {
 			rc, o := &m.Rcpts[i], outcomes[j]
 			if rc.State != spool.Pending {
@@ -348,6 +367,7 @@ func (l *Loop) deliverRemote(ctx context.Context, id string) {
 			case o.Err == nil:
 				rc.Attempts++
 				rc.State, rc.LastError = spool.Delivered, ""
+				results = append(results, metrics.Delivered)
 				l.log.Info("delivered", "id", m.ID, "rcpt", rc.Address, "relay", o.RemoteMTA, "delay", now.Sub(m.Arrived).Round(time.Millisecond))
 				// RFC 3461 §4.1: without DSN support at the next hop,
 				// a requested success notice becomes "relayed" here.
@@ -357,16 +377,19 @@ func (l *Loop) deliverRemote(ctx context.Context, id string) {
 			case o.Permanent:
 				rc.Attempts++
 				rc.State, rc.LastError = spool.Failed, o.Err.Error()
+				results = append(results, metrics.Bounced)
 				l.log.Info("bounced", "id", m.ID, "rcpt", rc.Address, "relay", o.RemoteMTA, "status", o.Err.Error())
 				report = append(report, i)
 			case now.Sub(m.Arrived) >= l.cfg.Lifetime:
 				rc.Attempts++
 				rc.State = spool.Failed
 				rc.LastError = "4.4.7 message expired after " + l.cfg.Lifetime.String() + "; last error: " + o.Err.Error()
+				results = append(results, metrics.Bounced)
 				l.log.Info("bounced", "id", m.ID, "rcpt", rc.Address, "relay", o.RemoteMTA, "status", rc.LastError)
 				report = append(report, i)
 			default:
 				l.retryLater(rc, now, o.Err.Error())
+				results = append(results, metrics.Deferred)
 				if !rc.DelayNotified && now.Sub(m.Arrived) >= l.cfg.DelayNotice && wants(*rc, "DELAY") {
 					rc.DelayNotified = true
 					report = append(report, i)
@@ -378,6 +401,11 @@ func (l *Loop) deliverRemote(ctx context.Context, id string) {
 	})
 	if err != nil && !errors.Is(err, spool.ErrNotFound) {
 		l.log.Error("record remote outcome", "id", id, "error", err)
+	}
+	if err == nil {
+		for _, r := range results {
+			l.cfg.Metrics.Delivery(r)
+		}
 	}
 }
 

@@ -96,6 +96,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		}
 		if from == "" || mailbox.Resolve(from) != s.user {
 			s.srv.log.Info("rejected", "reason", "sender not owned", "client", s.ip, "user", s.user, "from", from)
+			s.srv.cfg.Metrics.Rejected("sender not owned")
 			return errNotYours
 		}
 	}
@@ -148,6 +149,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		}
 	} else if s.user == "" {
 		s.srv.log.Info("rejected", "reason", "relay denied", "client", s.ip, "from", s.from, "rcpt", a.String())
+		s.srv.cfg.Metrics.Rejected("relay denied")
 		return errRelayDenied
 	}
 	r := spool.Recipient{Address: a.String()}
@@ -175,6 +177,7 @@ func (s *session) checkLocalUser(a addr.Address) error {
 	}
 	if !ok {
 		s.srv.log.Info("rejected", "reason", "no such user", "client", s.ip, "from", s.from, "rcpt", a.String())
+		s.srv.cfg.Metrics.Rejected("no such user")
 		return errNoUser
 	}
 	return nil
@@ -216,6 +219,7 @@ func (s *session) Data(r io.Reader) error {
 	for i, rc := range m.Rcpts {
 		rcpts[i] = rc.Address
 	}
+	s.srv.cfg.Metrics.Accepted()
 	s.srv.log.Info("accepted", "id", m.ID, "from", m.From, "rcpts", rcpts, "size", m.Size, "client", s.ip, "helo", m.Helo)
 	return nil
 }
@@ -224,13 +228,14 @@ func (s *session) Data(r io.Reader) error {
 func (s *session) dataError(m *spool.Message, err error) error {
 	var reply *smtp.SMTPError
 	var ne net.Error
+	var reason string
 	switch {
 	case errors.Is(err, smtp.ErrDataTooLarge):
-		reply = smtp.ErrDataTooLarge
+		reply, reason = smtp.ErrDataTooLarge, "too large"
 	case errors.Is(err, errBareLine):
-		reply = errBareNewline
+		reply, reason = errBareNewline, "bare newline"
 	case errors.As(err, &ne) && ne.Timeout():
-		reply = errTimeout
+		reply, reason = errTimeout, "timeout"
 		s.mu.Lock()
 		s.closeAfterReply = true
 		s.mu.Unlock()
@@ -238,7 +243,7 @@ func (s *session) dataError(m *spool.Message, err error) error {
 		// RFC 5321 §4.5.3.1.6: the same message would fail again, so the
 		// reply is permanent; the rest of the line is unread, so the
 		// connection goes.
-		reply = errLineTooLong
+		reply, reason = errLineTooLong, "line too long"
 		s.mu.Lock()
 		s.closeAfterReply = true
 		s.mu.Unlock()
@@ -247,8 +252,9 @@ func (s *session) dataError(m *spool.Message, err error) error {
 		s.srv.log.Info("aborted", "id", m.ID, "client", s.ip, "error", err)
 		return smtp.ErrDataReset
 	default:
-		reply = errLocal
+		reply, reason = errLocal, "local error"
 	}
+	s.srv.cfg.Metrics.Rejected(reason)
 	s.srv.log.Warn("rejected", "id", m.ID, "reason", reply.Message, "client", s.ip, "from", m.From, "error", err)
 	return reply
 }

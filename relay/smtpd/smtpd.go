@@ -25,6 +25,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/relaymail/relay/internal/metrics"
 	"github.com/relaymail/relay/internal/throttle"
 	"github.com/relaymail/relay/spool"
 )
@@ -65,6 +66,9 @@ type Config struct {
 	PlainAuthNets []netip.Prefix
 	// Throttle slows down repeated AUTH failures; nil means a default one.
 	Throttle *throttle.Throttle
+	// Metrics counts sessions, accepted and rejected messages and AUTH
+	// failures; nil counts nothing.
+	Metrics *metrics.Registry
 }
 
 // Accounts is what ingress needs of the account store.
@@ -227,6 +231,7 @@ func (c *trackedConn) Close() error {
 // NewSession implements smtp.Backend; go-smtp calls it at the first
 // HELO/EHLO.
 func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	s.cfg.Metrics.SMTPSession()
 	sess := &session{srv: s, conn: c}
 	if ap, err := netip.ParseAddrPort(c.Conn().RemoteAddr().String()); err == nil {
 		sess.addr = ap.Addr().Unmap()
