@@ -17,8 +17,10 @@ import (
 // and the body when asked for.
 type Shown struct {
 	*spool.Message
-	Headers string `json:"headers"`
-	Body    string `json:"body,omitempty"`
+	// History is the message's events in the mail log, oldest first.
+	History []spool.Event `json:"history"`
+	Headers string        `json:"headers"`
+	Body    string        `json:"body,omitempty"`
 }
 
 // ListQueue returns every queued message; never nil, so JSON says [].
@@ -50,7 +52,11 @@ func ShowMessage(sp *spool.Spool, id string, body bool) (*Shown, error) {
 			break
 		}
 	}
-	sh := &Shown{Message: m, Headers: hdr.String()}
+	hist, err := sp.History(id)
+	if err != nil {
+		return nil, err
+	}
+	sh := &Shown{Message: m, History: hist, Headers: hdr.String()}
 	if body {
 		b, err := io.ReadAll(br)
 		if err != nil {
@@ -72,9 +78,17 @@ type IDsRequest struct {
 	IDs []string `json:"ids"`
 }
 
+// TailRequest asks for the last N events and, with Follow, the ones after.
+type TailRequest struct {
+	N      int  `json:"n"`
+	Follow bool `json:"follow,omitempty"`
+}
+
 // QueueOp runs a queue verb on each ID; the first unknown ID is reported
-// after the others are done, so one typo does not stop a batch.
-func QueueOp(sp *spool.Spool, verb string, ids []string) error {
+// after the others are done, so one typo does not stop a batch. bounce is
+// nil when no delivery loop runs (the database opened directly): a bounce
+// needs the loop to write the notice.
+func QueueOp(sp *spool.Spool, bounce func(string) error, verb string, ids []string) error {
 	var op func(string) error
 	switch verb {
 	case "flush":
@@ -94,6 +108,11 @@ func QueueOp(sp *spool.Spool, verb string, ids []string) error {
 		op = sp.Release
 	case "delete":
 		op = sp.Delete
+	case "bounce":
+		if bounce == nil {
+			return admin.UserError(errors.New("queue bounce needs the running server (it sends the notices): start relay serve"))
+		}
+		op = bounce
 	default:
 		return admin.UserError(fmt.Errorf("unknown queue verb %q", verb))
 	}
@@ -115,19 +134,28 @@ func QueueOp(sp *spool.Spool, verb string, ids []string) error {
 
 func (s *Server) registerAdmin() {
 	s.registerUserOps()
-	for _, verb := range []string{"flush", "hold", "release", "delete"} {
+	for _, verb := range []string{"flush", "hold", "release", "delete", "bounce"} {
 		s.admin.Handle("queue/"+verb, func(_ context.Context, raw json.RawMessage) (any, error) {
 			var req IDsRequest
 			if err := json.Unmarshal(raw, &req); err != nil {
 				return nil, admin.UserError(fmt.Errorf("bad request: %w", err))
 			}
-			err := QueueOp(s.spool, verb, req.IDs)
+			err := QueueOp(s.spool, s.loop.Bounce, verb, req.IDs)
 			if verb == "flush" {
 				s.loop.Kick()
 			}
 			return struct{}{}, err
 		})
 	}
+	s.admin.HandleStream("queue/tail", func(ctx context.Context, raw json.RawMessage, w io.Writer) error {
+		var req TailRequest
+		if err := json.Unmarshal(raw, &req); err != nil {
+			return admin.UserError(fmt.Errorf("bad request: %w", err))
+		}
+		enc := json.NewEncoder(w)
+		return s.spool.Tail(ctx, req.N, req.Follow, func(ev spool.Event) error { return enc.Encode(ev) })
+	})
+	s.admin.HandleUpload("sendmail", s.sendmail)
 	s.admin.Handle("queue/list", func(context.Context, json.RawMessage) (any, error) {
 		return ListQueue(s.spool)
 	})

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"slices"
 	"sync"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/relaymail/relay/internal/admin"
 	"github.com/relaymail/relay/internal/config"
+	"github.com/relaymail/relay/internal/metrics"
 	"github.com/relaymail/relay/internal/store"
 	"github.com/relaymail/relay/internal/throttle"
 	"github.com/relaymail/relay/internal/tlsconf"
@@ -31,14 +33,17 @@ import (
 
 // Server is one running relay.
 type Server struct {
-	cfg    config.Config
-	log    *slog.Logger
-	db     *store.DB
-	spool  *spool.Spool
-	boxes  *mailbox.Store
-	certs  *tlsconf.Certs
-	loop   *deliver.Loop
-	remote *remote.Transport
+	cfg     config.Config
+	log     *slog.Logger
+	db      *store.DB
+	spool   *spool.Spool
+	boxes   *mailbox.Store
+	certs   *tlsconf.Certs
+	loop    *deliver.Loop
+	remote  *remote.Transport
+	metrics *metrics.Registry
+	http    *http.Server
+	httpLn  net.Listener
 
 	smtps     []smtpListener
 	imaps     []imapListener
@@ -80,6 +85,10 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, db: db, spool: spool.New(db, nil), boxes: mailbox.New(db, nil),
 		listeners: map[string]net.Addr{}, authThrottle: throttle.New(time.Second, 15*time.Second)}
+	// The mail log: one line per queue event, in the server's log.
+	s.spool.SetMailLog(log)
+	s.metrics = metrics.New(s.queueStats)
+	s.spool.OnEvent(s.countEvent)
 	s.certs, err = tlsconf.Load(cfg.TLSCert, cfg.TLSKey, cfg.Data, cfg.Hostname)
 	if err != nil {
 		db.Close()
@@ -123,6 +132,18 @@ func (s *Server) listen() error {
 	s.admin = admin.NewServer(s.log)
 	s.registerAdmin()
 
+	if !config.Off(s.cfg.HTTP) {
+		s.httpLn, err = net.Listen("tcp", s.cfg.HTTP)
+		if err != nil {
+			return fmt.Errorf("http listener: %w", err)
+		}
+		s.listeners["http"] = s.httpLn.Addr()
+		s.http = &http.Server{
+			Handler:           metrics.Handler(s.metrics, s.healthy, s.log),
+			ReadHeaderTimeout: 10 * time.Second,
+		}
+	}
+
 	for _, l := range []struct {
 		name, addr         string
 		submission, direct bool
@@ -139,6 +160,7 @@ func (s *Server) listen() error {
 			return fmt.Errorf("%s listener: %w", l.name, err)
 		}
 		s.listeners[l.name] = ln.Addr()
+		ln = s.metrics.Listener(ln, l.name)
 		srv := smtpd.New(smtpd.Config{
 			Hostname:        s.cfg.Hostname,
 			Domains:         slices.Clone(s.cfg.Domains),
@@ -152,6 +174,7 @@ func (s *Server) listen() error {
 			Submission:      l.submission,
 			Accounts:        s.boxes,
 			Throttle:        s.authThrottle,
+			Metrics:         s.metrics,
 		}, s.spool, s.log.With("listener", l.name))
 		s.smtps = append(s.smtps, smtpListener{l.name, srv, ln})
 	}
@@ -170,6 +193,7 @@ func (s *Server) listen() error {
 			return fmt.Errorf("%s listener: %w", l.name, err)
 		}
 		s.listeners[l.name] = ln.Addr()
+		ln = s.metrics.Listener(ln, l.name)
 		tlsCfg := s.certs.Config()
 		if l.direct {
 			ln = tls.NewListener(ln, tlsCfg)
@@ -195,6 +219,9 @@ func (s *Server) closeListeners() {
 	}
 	if s.adminLn != nil {
 		s.adminLn.Close()
+	}
+	if s.httpLn != nil {
+		s.httpLn.Close()
 	}
 }
 
@@ -233,6 +260,14 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, l := range s.imaps {
 		serve(l.name, s.listeners[l.name], func() error { return l.srv.Serve(l.ln) })
 	}
+	if s.http != nil {
+		serve("http", s.listeners["http"], func() error {
+			if err := s.http.Serve(s.httpLn); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	stopGC := make(chan struct{})
 	wg.Go(func() { s.db.CollectGarbage(10*time.Minute, stopGC) })
 	loopCtx, stopLoop := context.WithCancel(context.Background())
@@ -258,6 +293,9 @@ func (s *Server) Run(ctx context.Context) error {
 		l.srv.Close()
 	}
 	s.admin.Shutdown(sctx)
+	if s.http != nil {
+		s.http.Shutdown(sctx)
+	}
 	stopLoop()
 	close(stopGC)
 	s.remote.Close()
@@ -272,3 +310,27 @@ func (s *Server) Run(ctx context.Context) error {
 
 // ShutdownGrace bounds how long Run waits for sessions in flight.
 const ShutdownGrace = 10 * time.Second
+
+// queueStats feeds the queue gauges of /metrics.
+func (s *Server) queueStats() (int, time.Time, error) {
+	n, err := s.spool.Count()
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	oldest, err := s.spool.Oldest()
+	return n, oldest, err
+}
+
+// countEvent turns committed delivery events into metrics.
+func (s *Server) countEvent(ev spool.Event) {
+	switch ev.Event {
+	case spool.EventDelivered, spool.EventDeferred, spool.EventBounced:
+		s.metrics.Delivery(ev.Event, time.Duration(ev.Delay*float64(time.Second)))
+	}
+}
+
+// healthy is /healthz: the database answers a read.
+func (s *Server) healthy() error {
+	_, err := s.spool.Oldest()
+	return err
+}

@@ -20,6 +20,11 @@
 //	q/e/<id>                 envelope (JSON)
 //	q/b/<id><chunk:u32 BE>   body, in store.BodyChunk pieces (store.PutChunks)
 //	q/d/<due:u64 BE ns><id>  due index, empty value
+//
+// The event log (events.go) lives under "ev/": every state change records its
+// event in the transaction that makes the change, so the log and the queue
+// cannot disagree; events are published to the mail log, hooks and `tail -f`
+// followers only after the commit.
 package spool
 
 import (
@@ -28,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -138,6 +144,10 @@ type Spool struct {
 
 	mu      sync.Mutex
 	waiters chan struct{}
+
+	mailLog   *slog.Logger
+	hooks     []func(Event)
+	followers followers
 }
 
 // New returns a spool on db. now is the clock (nil for time.Now); tests pass
@@ -192,25 +202,28 @@ func dueKey(t time.Time, id string) []byte {
 // recipient states are filled in here. It returns only after the message is
 // committed and synced (group commit), so the caller may answer 250.
 func (s *Spool) Enqueue(m *Message, body io.Reader) error {
-	txn := s.db.NewTransaction(true)
-	defer txn.Discard()
-	if err := s.EnqueueTxn(txn, m, body); err != nil {
+	tx := s.Begin()
+	defer tx.Discard()
+	if err := s.EnqueueTxn(tx, m, body); err != nil {
 		return err
 	}
-	if err := txn.Commit(); err != nil {
+	if err := tx.Txn.Commit(); err != nil {
 		return fmt.Errorf("enqueue %s: commit: %w", m.ID, err)
 	}
 	if err := s.db.Sync(); err != nil {
 		return fmt.Errorf("enqueue %s: %w", m.ID, err)
 	}
+	// Published only once durable: the mail log never reports as accepted
+	// a message that a crash could still take back.
+	s.publish(tx.events)
 	s.signal()
 	return nil
 }
 
-// EnqueueTxn writes m and its body into txn, so that a bounce is queued in
+// EnqueueTxn writes m and its body into tx, so that a bounce is queued in
 // the same transaction that records the failure it reports. The caller
 // commits (and syncs, if it acknowledges anything).
-func (s *Spool) EnqueueTxn(txn *badger.Txn, m *Message, body io.Reader) error {
+func (s *Spool) EnqueueTxn(tx *Tx, m *Message, body io.Reader) error {
 	if m.ID == "" {
 		return errors.New("enqueue: message has no ID")
 	}
@@ -230,12 +243,20 @@ func (s *Spool) EnqueueTxn(txn *badger.Txn, m *Message, body io.Reader) error {
 			r.NextAttempt = now
 		}
 	}
-	size, err := store.PutChunks(txn, bodyPrefix(m.ID), body)
+	size, err := store.PutChunks(tx.Txn, bodyPrefix(m.ID), body)
 	if err != nil {
 		return fmt.Errorf("enqueue %s: body: %w", m.ID, err)
 	}
 	m.Size = size
-	if err := s.putEnvelope(txn, m); err != nil {
+	if err := s.putEnvelope(tx.Txn, m); err != nil {
+		return fmt.Errorf("enqueue %s: %w", m.ID, err)
+	}
+	rcpts := make([]string, len(m.Rcpts))
+	for i, r := range m.Rcpts {
+		rcpts[i] = r.Address
+	}
+	ev := Event{Time: now, Event: EventAccepted, ID: m.ID, From: m.From, Rcpts: rcpts, Size: m.Size, Client: m.ClientIP}
+	if err := s.record(tx, ev); err != nil {
 		return fmt.Errorf("enqueue %s: %w", m.ID, err)
 	}
 	return nil
@@ -245,7 +266,7 @@ func (s *Spool) EnqueueTxn(txn *badger.Txn, m *Message, body io.Reader) error {
 // A held message stays held.
 func (s *Spool) Flush(id string) error {
 	now := s.now()
-	return s.Update(id, func(_ *badger.Txn, m *Message) error {
+	return s.Update(id, func(_ *Tx, m *Message) error {
 		for i := range m.Rcpts {
 			if m.Rcpts[i].State == Pending && m.Rcpts[i].NextAttempt.After(now) {
 				m.Rcpts[i].NextAttempt = now
@@ -339,6 +360,28 @@ func (s *Spool) Count() (int, error) {
 	return n, err
 }
 
+// Oldest returns the arrival time of the oldest queued message, or zero when
+// the queue is empty. IDs are time-ordered, so it is the first envelope:
+// reading it costs one key, whatever the size of the queue.
+func (s *Spool) Oldest() (time.Time, error) {
+	var t time.Time
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixEnv), PrefetchValues: false})
+		defer it.Close()
+		it.Rewind()
+		if !it.Valid() {
+			return nil
+		}
+		var m Message
+		if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &m) }); err != nil {
+			return fmt.Errorf("decode %s: %w", it.Item().Key(), err)
+		}
+		t = m.Arrived
+		return nil
+	})
+	return t, err
+}
+
 // Due returns up to limit IDs of messages whose next attempt is at or before
 // now, earliest first. It reads only index keys up to now.
 func (s *Spool) Due(now time.Time, limit int) ([]string, error) {
@@ -378,38 +421,48 @@ func (s *Spool) NextDue() (time.Time, bool, error) {
 
 // Update runs fn on message id in one transaction, then stores the changed
 // envelope and due entry; if every recipient is final afterwards, the message
-// is removed instead. fn may write other keys to txn (a mailbox insert) so
-// that they commit atomically with the state change. Conflicting concurrent
-// updates are retried.
-func (s *Spool) Update(id string, fn func(txn *badger.Txn, m *Message) error) error {
+// is removed instead. fn may write other keys to tx (a mailbox insert) so
+// that they commit atomically with the state change. The events of the change
+// (delivered, deferred, bounced, held, released) are derived from what fn did
+// and logged in the same transaction. Conflicting concurrent updates are
+// retried.
+func (s *Spool) Update(id string, fn func(tx *Tx, m *Message) error) error {
 	for range 16 {
-		err := s.db.Update(func(txn *badger.Txn) error {
-			m, err := GetTxn(txn, id)
-			if err != nil {
-				return err
-			}
-			if err := fn(txn, m); err != nil {
-				return err
-			}
-			if m.Done() {
-				return deleteTxn(txn, m)
-			}
-			return s.putEnvelope(txn, m)
-		})
+		tx := s.Begin()
+		err := s.updateTx(tx, id, fn)
+		if err == nil {
+			err = s.Commit(tx)
+		}
+		tx.Discard()
 		if errors.Is(err, badger.ErrConflict) {
 			continue
-		}
-		if err == nil {
-			s.signal()
 		}
 		return err
 	}
 	return fmt.Errorf("update %s: %w", id, badger.ErrConflict)
 }
 
+func (s *Spool) updateTx(tx *Tx, id string, fn func(tx *Tx, m *Message) error) error {
+	m, err := GetTxn(tx.Txn, id)
+	if err != nil {
+		return err
+	}
+	before := snap(m)
+	if err := fn(tx, m); err != nil {
+		return err
+	}
+	if err := s.stateEvents(tx, before, m); err != nil {
+		return err
+	}
+	if m.Done() {
+		return deleteTxn(tx.Txn, m)
+	}
+	return s.putEnvelope(tx.Txn, m)
+}
+
 // Hold takes a message out of the due index until Release.
 func (s *Spool) Hold(id string) error {
-	return s.Update(id, func(_ *badger.Txn, m *Message) error {
+	return s.Update(id, func(_ *Tx, m *Message) error {
 		m.Hold = true
 		return nil
 	})
@@ -417,26 +470,27 @@ func (s *Spool) Hold(id string) error {
 
 // Release puts a held message back in the due index.
 func (s *Spool) Release(id string) error {
-	return s.Update(id, func(_ *badger.Txn, m *Message) error {
+	return s.Update(id, func(_ *Tx, m *Message) error {
 		m.Hold = false
 		return nil
 	})
 }
 
-// Delete removes a message, its body and its index entry.
+// Delete removes a message, its body and its index entry (postsuper -d).
 func (s *Spool) Delete(id string) error {
-	err := s.db.Update(func(txn *badger.Txn) error {
-		m, err := GetTxn(txn, id)
-		if err != nil {
-			return err
-		}
-		return deleteTxn(txn, m)
-	})
+	tx := s.Begin()
+	defer tx.Discard()
+	m, err := GetTxn(tx.Txn, id)
 	if err != nil {
 		return err
 	}
-	s.signal()
-	return nil
+	if err := deleteTxn(tx.Txn, m); err != nil {
+		return err
+	}
+	if err := s.record(tx, Event{Event: EventDeleted, ID: id, Operator: true}); err != nil {
+		return err
+	}
+	return s.Commit(tx)
 }
 
 func deleteTxn(txn *badger.Txn, m *Message) error {

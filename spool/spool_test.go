@@ -159,7 +159,7 @@ func (e *env) count(tb testing.TB) int {
 
 func (e *env) update(tb testing.TB, id string, fn func(m *spool.Message)) {
 	tb.Helper()
-	err := e.s.Update(id, func(_ *badger.Txn, m *spool.Message) error {
+	err := e.s.Update(id, func(_ *spool.Tx, m *spool.Message) error {
 		fn(m)
 		return nil
 	})
@@ -570,7 +570,7 @@ func TestNotFound(t *testing.T) {
 		{"Get", func() error { _, err := e.s.Get(id); return err }},
 		{"Body", func() error { _, err := e.s.Body(id); return err }},
 		{"Update", func() error {
-			return e.s.Update(id, func(*badger.Txn, *spool.Message) error {
+			return e.s.Update(id, func(*spool.Tx, *spool.Message) error {
 				t.Error("Update called fn for a missing message")
 				return nil
 			})
@@ -871,7 +871,7 @@ func TestUpdateAllFinalRemovesMessage(t *testing.T) {
 			// The last outcome commits together with another write (a
 			// local delivery into the mailbox store).
 			mailboxKey := []byte("m/test/" + m.ID)
-			err := e.s.Update(m.ID, func(txn *badger.Txn, m *spool.Message) error {
+			err := e.s.Update(m.ID, func(txn *spool.Tx, m *spool.Message) error {
 				last := len(tc.final) - 1
 				m.Rcpts[last].State = tc.final[last]
 				m.Rcpts[last].Attempts++
@@ -928,7 +928,7 @@ func TestUpdateErrorChangesNothing(t *testing.T) {
 			errBoom := errors.New("boom")
 			sideKey := []byte("m/test/side-effect")
 			changed := e.s.Changed()
-			err := e.s.Update(m.ID, func(txn *badger.Txn, m *spool.Message) error {
+			err := e.s.Update(m.ID, func(txn *spool.Tx, m *spool.Message) error {
 				tc.fn(m)
 				if err := txn.Set(sideKey, []byte("x")); err != nil {
 					return err
@@ -972,7 +972,7 @@ func TestUpdateConcurrent(t *testing.T) {
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
-			err := e.s.Update(m.ID, func(_ *badger.Txn, m *spool.Message) error {
+			err := e.s.Update(m.ID, func(_ *spool.Tx, m *spool.Message) error {
 				m.Rcpts[0].Attempts++
 				return nil
 			})
@@ -993,8 +993,8 @@ func TestUpdateReadsBodyInTxn(t *testing.T) {
 	e := newEnv(t)
 	body := randBytes(store.BodyChunk*2+3, 5)
 	m := e.enqueue(t, body, rcpt("a@example.net"))
-	err := e.s.Update(m.ID, func(txn *badger.Txn, m *spool.Message) error {
-		got, err := io.ReadAll(spool.BodyTxn(txn, m))
+	err := e.s.Update(m.ID, func(txn *spool.Tx, m *spool.Message) error {
+		got, err := io.ReadAll(spool.BodyTxn(txn.Txn, m))
 		if err != nil {
 			return err
 		}
@@ -1051,7 +1051,7 @@ func TestChanged(t *testing.T) {
 		{"Hold", func() error { return e.s.Hold(m.ID) }},
 		{"Release", func() error { return e.s.Release(m.ID) }},
 		{"Update", func() error {
-			return e.s.Update(m.ID, func(_ *badger.Txn, m *spool.Message) error {
+			return e.s.Update(m.ID, func(_ *spool.Tx, m *spool.Message) error {
 				m.Rcpts[0].NextAttempt = t0.Add(time.Minute)
 				return nil
 			})
@@ -1226,7 +1226,7 @@ func TestEnqueueTxn(t *testing.T) {
 
 	t.Run("commit", func(t *testing.T) {
 		m := newMsg()
-		txn := e.db.NewTransaction(true)
+		txn := e.s.Begin()
 		defer txn.Discard()
 		if err := e.s.EnqueueTxn(txn, m, bytes.NewReader(body)); err != nil {
 			t.Fatal(err)
@@ -1237,7 +1237,7 @@ func TestEnqueueTxn(t *testing.T) {
 		if _, err := e.s.Get(m.ID); !errors.Is(err, spool.ErrNotFound) {
 			t.Errorf("message visible before commit (Get err %v)", err)
 		}
-		if err := txn.Commit(); err != nil {
+		if err := e.s.Commit(txn); err != nil {
 			t.Fatal(err)
 		}
 		got := e.get(t, m.ID)
@@ -1254,7 +1254,7 @@ func TestEnqueueTxn(t *testing.T) {
 	t.Run("discard", func(t *testing.T) {
 		before := e.keys(t, "q/")
 		m := newMsg()
-		txn := e.db.NewTransaction(true)
+		txn := e.s.Begin()
 		if err := e.s.EnqueueTxn(txn, m, bytes.NewReader(body)); err != nil {
 			t.Fatal(err)
 		}
@@ -1266,7 +1266,7 @@ func TestEnqueueTxn(t *testing.T) {
 		}
 	})
 	t.Run("rejects", func(t *testing.T) {
-		txn := e.db.NewTransaction(true)
+		txn := e.s.Begin()
 		defer txn.Discard()
 		if err := e.s.EnqueueTxn(txn, &spool.Message{Rcpts: newMsg().Rcpts}, bytes.NewReader(nil)); err == nil {
 			t.Error("EnqueueTxn without ID succeeded")
@@ -1279,10 +1279,10 @@ func TestEnqueueTxn(t *testing.T) {
 	t.Run("bounce in Update", func(t *testing.T) {
 		orig := e.enqueue(t, []byte("original"), rcpt("x@example.net"))
 		var bounce *spool.Message
-		err := e.s.Update(orig.ID, func(txn *badger.Txn, m *spool.Message) error {
+		err := e.s.Update(orig.ID, func(txn *spool.Tx, m *spool.Message) error {
 			m.Rcpts[0].State = spool.Failed
 			m.Rcpts[0].LastError = "550 5.1.1 no such user"
-			orig, err := io.ReadAll(spool.BodyTxn(txn, m))
+			orig, err := io.ReadAll(spool.BodyTxn(txn.Txn, m))
 			if err != nil {
 				return err
 			}
@@ -1305,7 +1305,7 @@ func TestEnqueueTxn(t *testing.T) {
 		orig := e.enqueue(t, []byte("original"), rcpt("x@example.net"))
 		errBoom := errors.New("boom")
 		var bounce *spool.Message
-		err := e.s.Update(orig.ID, func(txn *badger.Txn, m *spool.Message) error {
+		err := e.s.Update(orig.ID, func(txn *spool.Tx, m *spool.Message) error {
 			m.Rcpts[0].State = spool.Failed
 			bounce = newMsg()
 			if err := e.s.EnqueueTxn(txn, bounce, bytes.NewReader(body)); err != nil {

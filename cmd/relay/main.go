@@ -28,7 +28,9 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 const usage = `usage:
   relay serve [--config FILE] [--data DIR] [flags]     run the relay
   relay user add|passwd|del|list ADDRESS [--password-stdin] [--force]
-  relay queue list [--json] | show ID [--body] | flush [ID...] | hold ID... | release ID... | delete ID...
+  relay queue list [--json] | show ID [--body] [--json] | tail [-n N] [-f] [--json] |
+              flush [ID...] | hold ID... | release ID... | delete ID... | bounce ID...
+  relay sendmail [-t] [-i] [-f FROM] [-F NAME] [RCPT...]   queue the message on stdin
   relay config check [--config FILE]                    validate settings
   relay version
 Every subcommand takes --data DIR (default ./relay-data, env RELAY_DATA).
@@ -69,6 +71,8 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return userCmd(rest, stdin, stdout, stderr)
 	case "queue":
 		return queueCmd(rest, stdout, stderr)
+	case "sendmail":
+		return sendmailCmd(rest, stdin)
 	case "config":
 		return configCmd(rest, stdout, stderr)
 	case "version", "--version", "-v":

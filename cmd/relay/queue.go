@@ -85,7 +85,7 @@ func withDB(dir string, create bool, remote func(*admin.Client) error, local fun
 
 func queueCmd(args []string, stdout, _ io.Writer) error {
 	if len(args) == 0 {
-		return usagef("queue: a verb is needed (list, show, flush, hold, release, delete)")
+		return usagef("queue: a verb is needed (list, show, tail, flush, hold, release, delete, bounce)")
 	}
 	verb, args := args[0], args[1:]
 	fs := flag.NewFlagSet("relay queue "+verb, flag.ContinueOnError)
@@ -93,6 +93,8 @@ func queueCmd(args []string, stdout, _ io.Writer) error {
 	cf.bind(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
 	withBody := fs.Bool("body", false, "show: print the body too")
+	tailN := fs.Int("n", 10, "tail: how many past events to show")
+	follow := fs.Bool("f", false, "tail: keep showing new events as they happen")
 	pos, err := config.ParseInterleaved(fs, args)
 	if err != nil {
 		return flagError(err)
@@ -136,14 +138,19 @@ func queueCmd(args []string, stdout, _ io.Writer) error {
 		}
 		printShown(stdout, sh)
 		return nil
-	case "flush", "hold", "release", "delete":
+	case "tail":
+		if len(pos) > 0 {
+			return usagef("queue tail takes no arguments")
+		}
+		return tail(ctx, dir, relay.TailRequest{N: *tailN, Follow: *follow}, *asJSON, stdout)
+	case "flush", "hold", "release", "delete", "bounce":
 		if len(pos) == 0 && verb != "flush" {
 			return usagef("queue %s takes one or more queue IDs", verb)
 		}
 		req := relay.IDsRequest{IDs: pos}
 		err := withSpool(dir,
 			func(c *admin.Client) error { return c.Call(ctx, "queue/"+verb, req, nil) },
-			func(sp *spool.Spool) error { return relay.QueueOp(sp, verb, pos) })
+			func(sp *spool.Spool) error { return relay.QueueOp(sp, nil, verb, pos) })
 		if err != nil {
 			return err
 		}
@@ -209,6 +216,12 @@ func printShown(w io.Writer, sh *relay.Shown) {
 			fmt.Fprintf(w, ", last error: %s", r.LastError)
 		}
 		fmt.Fprintln(w)
+	}
+	if len(sh.History) > 0 {
+		fmt.Fprintln(w, "\nhistory:")
+		for _, ev := range sh.History {
+			fmt.Fprintln(w, "  "+formatEvent(ev))
+		}
 	}
 	fmt.Fprintln(w)
 	fmt.Fprint(w, strings.ReplaceAll(sh.Headers, "\r\n", "\n"))

@@ -46,11 +46,16 @@ type Server struct {
 	mux  *http.ServeMux
 	http *http.Server
 	log  *slog.Logger
+	// closing ends the streams (tail -f) at Shutdown, which would
+	// otherwise wait for them until its deadline.
+	closing  context.Context
+	shutdown context.CancelFunc
 }
 
 // NewServer returns an admin server with no operations.
 func NewServer(log *slog.Logger) *Server {
 	s := &Server{mux: http.NewServeMux(), log: log}
+	s.closing, s.shutdown = context.WithCancel(context.Background())
 	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
 	return s
 }
@@ -64,23 +69,13 @@ func (s *Server) Handle(op string, h Handler) {
 			return
 		}
 		res, err := h(r.Context(), body)
-		switch {
-		case errors.Is(err, ErrNotFound):
-			writeErr(w, http.StatusNotFound, err)
-		case errors.Is(err, ErrUser):
-			writeErr(w, http.StatusUnprocessableEntity, err)
-		case err != nil:
-			s.log.Error("admin request failed", "op", op, "error", err)
-			writeErr(w, http.StatusInternalServerError, err)
-		default:
-			w.Header().Set("Content-Type", "application/json")
-			json.NewEncoder(w).Encode(res)
-		}
+		s.reply(w, op, res, err)
 	})
 }
 
 // HandleStream registers op as a streaming operation: h writes to w as long
-// as it likes (one JSON value per line).
+// as it likes (one JSON value per line). An error ends the stream with a
+// line {"error": "..."}.
 func (s *Server) HandleStream(op string, h func(ctx context.Context, req json.RawMessage, w io.Writer) error) {
 	s.mux.HandleFunc("POST /v1/"+op, func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
@@ -90,10 +85,45 @@ func (s *Server) HandleStream(op string, h func(ctx context.Context, req json.Ra
 		}
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		fw := flushWriter{w: w, rc: http.NewResponseController(w)}
-		if err := h(r.Context(), body, fw); err != nil && r.Context().Err() == nil {
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		defer context.AfterFunc(s.closing, cancel)()
+		if err := h(ctx, body, fw); err != nil && ctx.Err() == nil {
 			s.log.Error("admin stream failed", "op", op, "error", err)
+			// The status line is gone; the error is the stream's last
+			// line, which the client reads as StreamError.
+			json.NewEncoder(fw).Encode(map[string]string{"error": err.Error()})
 		}
 	})
+}
+
+// requestHeader carries an upload's JSON request, since the body is the
+// upload itself.
+const requestHeader = "Relay-Request"
+
+// HandleUpload registers op as an upload: the request travels in a header
+// and the body is streamed to h unread, so a large message is not held in
+// memory on its way in.
+func (s *Server) HandleUpload(op string, h func(ctx context.Context, req json.RawMessage, body io.Reader) (any, error)) {
+	s.mux.HandleFunc("POST /v1/"+op, func(w http.ResponseWriter, r *http.Request) {
+		res, err := h(r.Context(), json.RawMessage(r.Header.Get(requestHeader)), r.Body)
+		s.reply(w, op, res, err)
+	})
+}
+
+func (s *Server) reply(w http.ResponseWriter, op string, res any, err error) {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		writeErr(w, http.StatusNotFound, err)
+	case errors.Is(err, ErrUser):
+		writeErr(w, http.StatusUnprocessableEntity, err)
+	case err != nil:
+		s.log.Error("admin request failed", "op", op, "error", err)
+		writeErr(w, http.StatusInternalServerError, err)
+	default:
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(res)
+	}
 }
 
 type flushWriter struct {
@@ -144,7 +174,10 @@ func (s *Server) Serve(l net.Listener) error {
 }
 
 // Shutdown stops the server, waiting for requests in flight until ctx ends.
-func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdown()
+	return s.http.Shutdown(ctx)
+}
 
 // Client calls a running server.
 type Client struct {
@@ -168,6 +201,10 @@ func (c *Client) Call(ctx context.Context, op string, req, res any) error {
 	if err != nil {
 		return err
 	}
+	return decodeReply(resp, op, res)
+}
+
+func decodeReply(resp *http.Response, op string, res any) error {
 	defer resp.Body.Close()
 	if res == nil {
 		return nil
@@ -188,6 +225,25 @@ func (c *Client) Stream(ctx context.Context, op string, req any) (io.ReadCloser,
 	return resp.Body, nil
 }
 
+// Upload runs an upload op: req goes in a header, body is streamed, and the
+// result is decoded into res (unless nil).
+func (c *Client) Upload(ctx context.Context, op string, req any, body io.Reader, res any) error {
+	js, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://relay/v1/"+op, body)
+	if err != nil {
+		return err
+	}
+	hreq.Header.Set(requestHeader, string(js))
+	resp, err := c.do(hreq, op)
+	if err != nil {
+		return err
+	}
+	return decodeReply(resp, op, res)
+}
+
 func (c *Client) post(ctx context.Context, op string, req any) (*http.Response, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
@@ -197,6 +253,10 @@ func (c *Client) post(ctx context.Context, op string, req any) (*http.Response, 
 	if err != nil {
 		return nil, err
 	}
+	return c.do(hreq, op)
+}
+
+func (c *Client) do(hreq *http.Request, op string) (*http.Response, error) {
 	resp, err := c.http.Do(hreq)
 	if err != nil {
 		var ne *net.OpError

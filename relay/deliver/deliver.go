@@ -24,7 +24,6 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
-	"github.com/relaymail/relay/internal/metrics"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/spool"
 )
@@ -43,8 +42,6 @@ type Config struct {
 	Lifetime, DelayNotice time.Duration
 	// Hostname names this relay in DSNs.
 	Hostname string
-	// Metrics counts recipients' attempt results; nil counts nothing.
-	Metrics *metrics.Registry
 }
 
 // Remote delivers recipients outside the local domains. Deliver returns one
@@ -232,15 +229,13 @@ func (l *Loop) process(ctx context.Context, id string) {
 // recipients' final state.
 func (l *Loop) deliverLocal(id string) error {
 	now := l.spool.Now()
-	var users, done []string
-	var arrived time.Time
-	var bounced int
-	err := l.spool.Update(id, func(txn *badger.Txn, m *spool.Message) error {
-		users, done, arrived, bounced = users[:0], done[:0], m.Arrived, 0
+	var users []string
+	err := l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
+		users = users[:0]
 		var idx, report []int
 		defer func() {
 			if len(report) > 0 {
-				l.notifyTxn(txn, m, report, now)
+				l.notifyTxn(tx, m, report, now)
 			}
 		}()
 		for i, r := range m.Rcpts {
@@ -248,7 +243,7 @@ func (l *Loop) deliverLocal(id string) error {
 				continue
 			}
 			u := mailbox.Resolve(r.Address)
-			ok, err := mailbox.UserExistsTxn(txn, u)
+			ok, err := mailbox.UserExistsTxn(tx.Txn, u)
 			if err != nil {
 				return err
 			}
@@ -258,7 +253,6 @@ func (l *Loop) deliverLocal(id string) error {
 				rc.Attempts++
 				rc.State, rc.LastError, rc.RemoteMTA = spool.Failed, "550 5.1.1 no such user", ""
 				report = append(report, i)
-				bounced++
 				continue
 			}
 			idx = append(idx, i)
@@ -269,8 +263,8 @@ func (l *Loop) deliverLocal(id string) error {
 		if len(users) == 0 {
 			return nil
 		}
-		body := spool.BodyTxn(txn, m)
-		if err := mailbox.DeliverTxn(txn, mailbox.NewBlobID(), body, users, m.Arrived); err != nil {
+		body := spool.BodyTxn(tx.Txn, m)
+		if err := mailbox.DeliverTxn(tx.Txn, mailbox.NewBlobID(), body, users, m.Arrived); err != nil {
 			return err
 		}
 		if l.BeforeCommit != nil {
@@ -280,8 +274,7 @@ func (l *Loop) deliverLocal(id string) error {
 		}
 		for _, i := range idx {
 			m.Rcpts[i].Attempts++
-			m.Rcpts[i].State, m.Rcpts[i].LastError = spool.Delivered, ""
-			done = append(done, m.Rcpts[i].Address)
+			m.Rcpts[i].State, m.Rcpts[i].LastError, m.Rcpts[i].RemoteMTA = spool.Delivered, "", ""
 			if wants(m.Rcpts[i], "SUCCESS") {
 				report = append(report, i)
 			}
@@ -294,13 +287,6 @@ func (l *Loop) deliverLocal(id string) error {
 	for _, u := range users {
 		l.boxes.Notify(u)
 	}
-	for range bounced {
-		l.cfg.Metrics.Delivery(metrics.Bounced)
-	}
-	for _, r := range done {
-		l.cfg.Metrics.Delivery(metrics.Delivered)
-		l.log.Info("delivered", "id", id, "rcpt", r, "relay", "local", "delay", now.Sub(arrived).Round(time.Millisecond))
-	}
 	return nil
 }
 
@@ -308,22 +294,14 @@ func (l *Loop) deliverLocal(id string) error {
 // of at once.
 func (l *Loop) deferLocal(id string, cause error) {
 	now := l.spool.Now()
-	var deferred int
-	err := l.spool.Update(id, func(_ *badger.Txn, m *spool.Message) error {
-		deferred = 0
+	err := l.spool.Update(id, func(_ *spool.Tx, m *spool.Message) error {
 		for i, r := range m.Rcpts {
 			if r.State == spool.Pending && !r.NextAttempt.After(now) && l.IsLocal(r.Address) {
 				l.retryLater(&m.Rcpts[i], now, fmt.Sprintf("451 4.3.0 local delivery failed: %v", cause))
-				deferred++
 			}
 		}
 		return nil
 	})
-	if err == nil {
-		for range deferred {
-			l.cfg.Metrics.Delivery(metrics.Deferred)
-		}
-	}
 	if err != nil && !errors.Is(err, spool.ErrNotFound) {
 		l.log.Error("defer failed", "id", id, "error", err)
 	}
@@ -345,6 +323,13 @@ func (l *Loop) deliverRemote(ctx context.Context, id string) {
 	if len(idx) == 0 {
 		return
 	}
+	attempts := make([]spool.Event, len(idx))
+	for j, i := range idx {
+		attempts[j] = spool.Event{Event: spool.EventAttempt, ID: m.ID, Rcpt: m.Rcpts[i].Address, Attempt: m.Rcpts[i].Attempts + 1}
+	}
+	if err := l.spool.Record(attempts...); err != nil {
+		l.log.Warn("log attempt", "id", id, "error", err)
+	}
 	outcomes := make([]Outcome, len(idx))
 	if l.remote == nil {
 		for i := range outcomes {
@@ -353,10 +338,8 @@ func (l *Loop) deliverRemote(ctx context.Context, id string) {
 	} else {
 		outcomes = l.remote.Deliver(ctx, m, idx)
 	}
-	var results []string // outcome per recipient, counted once committed
-	err = l.spool.Update(id, func(txn *badger.Txn, m *spool.Message) error {
+	err = l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
 		var report []int
-		results = results[:0]
 		for j, i := range idx {
 			rc, o := &m.Rcpts[i], outcomes[j]
 			if rc.State != spool.Pending {
@@ -367,8 +350,6 @@ func (l *Loop) deliverRemote(ctx context.Context, id string) {
 			case o.Err == nil:
 				rc.Attempts++
 				rc.State, rc.LastError = spool.Delivered, ""
-				results = append(results, metrics.Delivered)
-				l.log.Info("delivered", "id", m.ID, "rcpt", rc.Address, "relay", o.RemoteMTA, "delay", now.Sub(m.Arrived).Round(time.Millisecond))
 				// RFC 3461 §4.1: without DSN support at the next hop,
 				// a requested success notice becomes "relayed" here.
 				if wants(*rc, "SUCCESS") && !o.RemoteDSN {
@@ -377,35 +358,25 @@ func (l *Loop) deliverRemote(ctx context.Context, id string) {
 			case o.Permanent:
 				rc.Attempts++
 				rc.State, rc.LastError = spool.Failed, o.Err.Error()
-				results = append(results, metrics.Bounced)
-				l.log.Info("bounced", "id", m.ID, "rcpt", rc.Address, "relay", o.RemoteMTA, "status", o.Err.Error())
 				report = append(report, i)
 			case now.Sub(m.Arrived) >= l.cfg.Lifetime:
 				rc.Attempts++
 				rc.State = spool.Failed
 				rc.LastError = "4.4.7 message expired after " + l.cfg.Lifetime.String() + "; last error: " + o.Err.Error()
-				results = append(results, metrics.Bounced)
-				l.log.Info("bounced", "id", m.ID, "rcpt", rc.Address, "relay", o.RemoteMTA, "status", rc.LastError)
 				report = append(report, i)
 			default:
 				l.retryLater(rc, now, o.Err.Error())
-				results = append(results, metrics.Deferred)
 				if !rc.DelayNotified && now.Sub(m.Arrived) >= l.cfg.DelayNotice && wants(*rc, "DELAY") {
 					rc.DelayNotified = true
 					report = append(report, i)
 				}
 			}
 		}
-		l.notifyTxn(txn, m, report, now)
+		l.notifyTxn(tx, m, report, now)
 		return nil
 	})
 	if err != nil && !errors.Is(err, spool.ErrNotFound) {
 		l.log.Error("record remote outcome", "id", id, "error", err)
-	}
-	if err == nil {
-		for _, r := range results {
-			l.cfg.Metrics.Delivery(r)
-		}
 	}
 }
 
@@ -414,7 +385,6 @@ func (l *Loop) retryLater(rc *spool.Recipient, now time.Time, reason string) {
 	rc.Attempts++
 	rc.LastError = reason
 	rc.NextAttempt = now.Add(Backoff(rc.Attempts, l.cfg.RetryFirst, l.cfg.RetryMax, rand.Float64()))
-	l.log.Info("deferred", "rcpt", rc.Address, "attempts", rc.Attempts, "next", rc.NextAttempt, "reason", reason)
 }
 
 // Backoff is the wait after the n-th failed attempt: first, doubling with
@@ -426,4 +396,27 @@ func Backoff(n int, first, most time.Duration, jitter float64) time.Duration {
 	s = math.Min(s, most.Seconds())
 	s *= 0.9 + 0.2*jitter
 	return time.Duration(s * float64(time.Second))
+}
+
+// operatorBounce is the reason a recipient bounced by `relay queue bounce`
+// gives in its DSN.
+const operatorBounce = "550 5.0.0 message returned to the sender by the mail system administrator"
+
+// Bounce fails every pending recipient of message id now and sends the
+// sender a failure notice for them, as if the queue lifetime had ended.
+func (l *Loop) Bounce(id string) error {
+	now := l.spool.Now()
+	return l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
+		var report []int
+		for i := range m.Rcpts {
+			rc := &m.Rcpts[i]
+			if rc.State != spool.Pending {
+				continue
+			}
+			rc.State, rc.LastError, rc.RemoteMTA = spool.Failed, operatorBounce, ""
+			report = append(report, i)
+		}
+		l.notifyTxn(tx, m, report, now)
+		return nil
+	})
 }

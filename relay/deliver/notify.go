@@ -6,8 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
 	"github.com/relaymail/relay/relay/dsn"
 	"github.com/relaymail/relay/spool"
 )
@@ -25,7 +23,7 @@ func wants(rc spool.Recipient, kind string) bool {
 // notifyTxn queues, inside txn, the delivery status notifications that the
 // recipients at idx call for: one message per kind (failed, delayed,
 // delivered). It never writes to the null sender, so bounces cannot loop.
-func (l *Loop) notifyTxn(txn *badger.Txn, m *spool.Message, idx []int, now time.Time) {
+func (l *Loop) notifyTxn(tx *spool.Tx, m *spool.Message, idx []int, now time.Time) {
 	if len(idx) == 0 {
 		return
 	}
@@ -78,7 +76,7 @@ func (l *Loop) notifyTxn(txn *badger.Txn, m *spool.Message, idx []int, now time.
 			Arrived: m.Arrived, Recipients: rs, Ret: ret, UTF8: m.Params.SMTPUTF8, Now: now,
 		}
 		var buf bytes.Buffer
-		if err := dsn.Build(&buf, rep, spool.BodyTxn(txn, m)); err != nil {
+		if err := dsn.Build(&buf, rep, spool.BodyTxn(tx.Txn, m)); err != nil {
 			l.log.Error("build notice", "id", m.ID, "error", err)
 			continue
 		}
@@ -89,7 +87,7 @@ func (l *Loop) notifyTxn(txn *badger.Txn, m *spool.Message, idx []int, now time.
 			Params:  spool.MailParams{SMTPUTF8: m.Params.SMTPUTF8},
 			Rcpts:   []spool.Recipient{{Address: m.From, Notify: []string{"NEVER"}}},
 		}
-		if err := l.spool.EnqueueTxn(txn, notice, &buf); err != nil {
+		if err := l.spool.EnqueueTxn(tx, notice, &buf); err != nil {
 			l.log.Error("queue notice", "id", m.ID, "error", err)
 			continue
 		}

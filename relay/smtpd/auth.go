@@ -61,7 +61,7 @@ func (s *session) authenticate(user, pass string) error {
 	account, err := s.srv.cfg.Accounts.Authenticate(user, pass)
 	if err != nil {
 		s.srv.log.Warn("auth failed", "client", s.ip, "user", user, "failures", t.Failures("ip:"+s.ip)+1)
-		s.srv.cfg.Metrics.AuthFailure()
+		s.srv.cfg.Metrics.AuthFailure("smtp")
 		t.Fail(context.Background(), "ip:"+s.ip, "user:"+user)
 		return errAuthFailed
 	}

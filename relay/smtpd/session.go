@@ -215,12 +215,8 @@ func (s *session) Data(r io.Reader) error {
 	if err := sp.Enqueue(m, body); err != nil {
 		return s.dataError(m, err)
 	}
-	rcpts := make([]string, len(m.Rcpts))
-	for i, rc := range m.Rcpts {
-		rcpts[i] = rc.Address
-	}
+	// The spool's mail log has the "accepted" line.
 	s.srv.cfg.Metrics.Accepted()
-	s.srv.log.Info("accepted", "id", m.ID, "from", m.From, "rcpts", rcpts, "size", m.Size, "client", s.ip, "helo", m.Helo)
 	return nil
 }
 

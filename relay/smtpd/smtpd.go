@@ -66,8 +66,8 @@ type Config struct {
 	PlainAuthNets []netip.Prefix
 	// Throttle slows down repeated AUTH failures; nil means a default one.
 	Throttle *throttle.Throttle
-	// Metrics counts sessions, accepted and rejected messages and AUTH
-	// failures; nil counts nothing.
+	// Metrics counts accepted and rejected messages and AUTH failures;
+	// nil counts nothing.
 	Metrics *metrics.Registry
 }
 
@@ -231,7 +231,6 @@ func (c *trackedConn) Close() error {
 // NewSession implements smtp.Backend; go-smtp calls it at the first
 // HELO/EHLO.
 func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	s.cfg.Metrics.SMTPSession()
 	sess := &session{srv: s, conn: c}
 	if ap, err := netip.ParseAddrPort(c.Conn().RemoteAddr().String()); err == nil {
 		sess.addr = ap.Addr().Unmap()
