@@ -308,6 +308,34 @@ func (s *Server) Run(ctx context.Context) error {
 	return runErr
 }
 
+// Reload applies a re-read configuration (SIGHUP): the TLS certificate is
+// read again, from the new files if they changed, and the log level set
+// through level; every other setting takes effect at the next start, and
+// each one that changed is logged so that the operator knows. A bad new
+// configuration changes nothing.
+func (s *Server) Reload(cfg config.Config, level *slog.LevelVar) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	certs, err := tlsconf.Load(cfg.TLSCert, cfg.TLSKey, cfg.Data, cfg.Hostname)
+	if err != nil {
+		return err
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return fmt.Errorf("log-level: %w", err)
+	}
+	s.certs.Replace(certs)
+	if level != nil {
+		level.Set(lv)
+	}
+	for _, k := range config.Changed(s.cfg, cfg, "tls-cert", "tls-key", "log-level") {
+		s.log.Warn("reload: setting needs a restart to take effect", "setting", k)
+	}
+	s.log.Info("reloaded", "tls-cert", cfg.TLSCert, "log-level", cfg.LogLevel)
+	return nil
+}
+
 // ShutdownGrace bounds how long Run waits for sessions in flight.
 const ShutdownGrace = 10 * time.Second
 

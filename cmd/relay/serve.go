@@ -21,7 +21,8 @@ func serve(args []string, stderr io.Writer) error {
 	if len(pos) > 0 {
 		return usagef("serve takes no arguments, got %q", pos)
 	}
-	log, err := newLogger(cfg, stderr)
+	level := new(slog.LevelVar)
+	log, err := newLogger(cfg, level, stderr)
 	if err != nil {
 		return err
 	}
@@ -31,14 +32,40 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				reload(srv, args, level, log)
+			}
+		}
+	}()
 	return srv.Run(ctx)
 }
 
-func newLogger(cfg config.Config, w io.Writer) (*slog.Logger, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+// reload re-reads the command line's configuration file on SIGHUP, as the
+// operator edits it and the certificates in place.
+func reload(srv *relay.Server, args []string, level *slog.LevelVar, log *slog.Logger) {
+	cfg, _, err := config.FromArgs("relay serve", args)
+	if err == nil {
+		err = srv.Reload(cfg, level)
+	}
+	if err != nil {
+		log.Error("reload failed; the running configuration stays", "error", err)
+	}
+}
+
+func newLogger(cfg config.Config, level *slog.LevelVar, w io.Writer) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
 		return nil, fmt.Errorf("log-level: %q is not debug, info, warn or error", cfg.LogLevel)
 	}
+	level.Set(lv)
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -97,6 +99,23 @@ func (c *Config) Load(path string) error {
 		return fmt.Errorf("config %s: unknown setting(s) %s", path, strings.Join(keys, ", "))
 	}
 	return nil
+}
+
+// Changed returns the TOML names of the settings that differ between a and b,
+// leaving out those in except.
+func Changed(a, b Config, except ...string) []string {
+	var out []string
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	for i := range va.NumField() {
+		name := va.Type().Field(i).Tag.Get("toml")
+		if slices.Contains(except, name) {
+			continue
+		}
+		if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // Off reports whether a listener address disables the listener.

@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -23,6 +24,7 @@ import (
 // Certs holds the current certificate; Reload swaps it without touching
 // connections in flight.
 type Certs struct {
+	mu                sync.Mutex // guards the file names
 	certFile, keyFile string
 	cur               atomic.Pointer[tls.Certificate]
 }
@@ -43,12 +45,26 @@ func Load(certFile, keyFile, dataDir, hostname string) (*Certs, error) {
 
 // Reload reads the certificate files again.
 func (c *Certs) Reload() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
 	if err != nil {
 		return fmt.Errorf("tls certificate: %w", err)
 	}
 	c.cur.Store(&cert)
 	return nil
+}
+
+// Replace takes over other's files and certificate: listeners holding c's
+// Config present the new certificate from their next handshake on.
+func (c *Certs) Replace(other *Certs) {
+	other.mu.Lock()
+	certFile, keyFile := other.certFile, other.keyFile
+	other.mu.Unlock()
+	c.mu.Lock()
+	c.certFile, c.keyFile = certFile, keyFile
+	c.cur.Store(other.cur.Load())
+	c.mu.Unlock()
 }
 
 // Config returns a server configuration that always presents the current

@@ -42,6 +42,7 @@ var (
 	errAuthFailed   = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "authentication credentials invalid"}
 	errNoMech       = &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "unrecognized authentication mechanism"}
 	errNotYours     = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "sender address not owned by the authenticated user"}
+	errShutdown     = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "service shutting down, try again later"}
 )
 
 // session is one SMTP transaction state machine on one connection.
@@ -186,6 +187,20 @@ func (s *session) checkLocalUser(a addr.Address) error {
 // Data reads the message (DATA or BDAT) into the spool. The Received: header
 // goes first, so its queue ID is chosen before the body is read.
 func (s *session) Data(r io.Reader) error {
+	if !s.srv.enterData(s.conn.Conn()) {
+		s.mu.Lock()
+		s.closeAfterReply = true
+		s.mu.Unlock()
+		return errShutdown
+	}
+	defer func() {
+		if s.srv.leaveData(s.conn.Conn()) {
+			// Reset, after the reply, closes the connection.
+			s.mu.Lock()
+			s.closeAfterReply = true
+			s.mu.Unlock()
+		}
+	}()
 	s.mu.Lock()
 	if !s.hasFrom || len(s.rcpts) == 0 {
 		s.mu.Unlock()

@@ -15,12 +15,14 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -130,8 +132,9 @@ type Server struct {
 	smtp  *smtp.Server
 	now   func() time.Time
 
-	mu    sync.Mutex
-	conns map[*trackedConn]struct{}
+	mu      sync.Mutex
+	conns   map[*trackedConn]struct{}
+	closing bool // guarded by mu: Shutdown has begun
 }
 
 // New returns an ingress server that queues into sp.
@@ -175,9 +178,23 @@ func (s *Server) Serve(l net.Listener) error {
 	return err
 }
 
-// Shutdown stops accepting and waits for sessions to end until ctx is done,
-// then drops the rest.
+// Shutdown stops accepting, ends every session that is not inside DATA or
+// BDAT at once with a 421 (RFC 5321 §3.8), lets those inside finish their
+// message and its reply, and waits for them until ctx is done; then it drops
+// the rest.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	idle := make([]*trackedConn, 0, len(s.conns))
+	for c := range s.conns {
+		if !c.inData.Load() {
+			idle = append(idle, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range idle {
+		c.bye()
+	}
 	err := s.smtp.Shutdown(ctx)
 	if err != nil {
 		// go-smtp's Close does nothing after Shutdown, so the sessions
@@ -217,6 +234,60 @@ type trackedConn struct {
 	net.Conn
 	srv  *Server
 	once sync.Once
+	// inData is set while a message is being read and queued: Shutdown
+	// lets such a session finish.
+	inData atomic.Bool
+}
+
+// shutdownReply is what a session hears when the server stops.
+const shutdownReply = "421 4.3.2 service shutting down, try again later\r\n"
+
+// bye ends a session that holds no message in flight. The reply is written
+// under the connection rather than through go-smtp, which is blocked reading
+// the client's next command.
+func (c *trackedConn) bye() {
+	c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+	io.WriteString(c.Conn, shutdownReply)
+	c.Close()
+}
+
+// trackedOf finds the tracked connection under a session's connection,
+// which STARTTLS or implicit TLS wraps.
+func trackedOf(c net.Conn) *trackedConn {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	t, _ := c.(*trackedConn)
+	return t
+}
+
+// enterData marks a session's connection as holding a message in flight; it
+// reports false when Shutdown has begun, and the session is then ended.
+func (s *Server) enterData(c net.Conn) bool {
+	t := trackedOf(c)
+	if t == nil {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	t.inData.Store(true)
+	return true
+}
+
+// leaveData ends the mark; after Shutdown began, the connection closes once
+// the reply to the message is written.
+func (s *Server) leaveData(c net.Conn) (closing bool) {
+	t := trackedOf(c)
+	if t == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t.inData.Store(false)
+	return s.closing
 }
 
 func (c *trackedConn) Close() error {

@@ -776,49 +776,79 @@ func TestBDATResetRace(t *testing.T) {
 	s.wantQueued(t, 0)
 }
 
-// TestShutdown: Shutdown stops accepting, lets an idle session end when the
-// client quits, and returns once it has.
+// TestShutdown: Shutdown stops accepting, ends an idle session at once with
+// 421 (RFC 5321 §3.8), lets a session inside DATA finish its message and hear
+// 250, then closes that one too and returns.
 func TestShutdown(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, testConfig())
-	rc := s.rawHello(t)
+	idle := s.rawHello(t)
+	busy := s.rawHello(t)
+	busy.write("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@localhost>\r\nDATA\r\n")
+	for _, want := range []string{"250 ", "250 ", "354 "} {
+		if got := busy.reply(); !strings.HasPrefix(got, want) {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	}
+	busy.write("Subject: in flight\r\n\r\nhalf")
 	done := make(chan error, 1)
 	go func() { done <- s.srv.Shutdown(context.Background()) }()
-	time.Sleep(100 * time.Millisecond)
+	if got := idle.reply(); !strings.HasPrefix(got, "421 4.3.2 ") {
+		t.Errorf("idle session at Shutdown got %q, want 421 4.3.2", got)
+	}
+	if !idle.closed(2 * time.Second) {
+		t.Errorf("idle session still open after its 421")
+	}
 	if c, err := net.DialTimeout("tcp", s.addr, time.Second); err == nil {
 		c.Close()
 		t.Errorf("new connection accepted after Shutdown")
 	}
 	select {
 	case err := <-done:
-		t.Fatalf("Shutdown returned %v while a session was open", err)
-	default:
+		t.Fatalf("Shutdown returned %v while a message was in flight", err)
+	case <-time.After(100 * time.Millisecond):
 	}
-	rc.expect("QUIT", "221 ")
+	busy.write(" done\r\n.\r\n")
+	if got := busy.reply(); !strings.HasPrefix(got, "250 ") {
+		t.Errorf("message in flight at Shutdown got %q, want 250", got)
+	}
+	if !busy.closed(2 * time.Second) {
+		t.Errorf("session still open after its message was answered during Shutdown")
+	}
 	select {
 	case err := <-done:
 		if err != nil {
 			t.Errorf("Shutdown: %v", err)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatalf("Shutdown did not return after the last session quit")
+		t.Fatalf("Shutdown did not return after the last session ended")
 	}
+	s.wantQueued(t, 1)
 }
 
-// TestShutdownDropsRest: when ctx ends before the sessions do, Shutdown
-// "drops the rest" (its doc comment): open connections are closed.
+// TestShutdownDropsRest: when ctx ends before a session inside DATA does,
+// Shutdown "drops the rest" (its doc comment): the connection is closed and
+// the half-sent message is not queued.
 func TestShutdownDropsRest(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, testConfig())
 	rc := s.rawHello(t)
+	rc.write("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@localhost>\r\nDATA\r\n")
+	for _, want := range []string{"250 ", "250 ", "354 "} {
+		if got := rc.reply(); !strings.HasPrefix(got, want) {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	}
+	rc.write("Subject: stalled\r\n\r\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	if err := s.srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Shutdown with an open session = %v, want context.DeadlineExceeded", err)
+		t.Fatalf("Shutdown with a stalled DATA = %v, want context.DeadlineExceeded", err)
 	}
 	if !rc.closed(2 * time.Second) {
 		t.Fatalf("session still open after Shutdown gave up")
 	}
+	s.wantQueued(t, 0)
 }
 
 // TestBDATThenHangUp: a client that announces a BDAT chunk and hangs up
