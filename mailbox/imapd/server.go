@@ -50,10 +50,14 @@ type Config struct {
 type Server struct {
 	cfg   Config
 	boxes *mailbox.Store
-	// Two imapserver instances differ only in whether plain-text login is
-	// allowed: the library decides that per server, the relay per client
-	// network.
-	trusted, untrusted *imapserver.Server
+	// Three imapserver instances: the library decides per server whether
+	// plain-text login is allowed, the relay per client network; and it
+	// knows a connection is TLS only by its type, which the guard in
+	// front of every connection hides. So plain connections from trusted
+	// and from other networks go to trusted and untrusted (both offering
+	// STARTTLS, which the guard performs), TLS connections to secure
+	// (login allowed, no STARTTLS).
+	trusted, untrusted, secure *imapserver.Server
 
 	mu  sync.Mutex
 	lns []net.Listener
@@ -82,23 +86,27 @@ func New(cfg Config, boxes *mailbox.Store) *Server {
 		// commands. LITERAL- caps those at 4 KiB, far under APPENDLIMIT.
 		imap.CapBinary: {},
 	}
-	mk := func(insecure bool) *imapserver.Server {
+	mk := func(tlsCfg *tls.Config, insecure bool) *imapserver.Server {
 		return imapserver.New(&imapserver.Options{
 			NewSession:   s.newSession,
 			Caps:         caps,
-			TLSConfig:    cfg.TLS,
+			TLSConfig:    tlsCfg,
 			InsecureAuth: insecure,
 			Logger:       logAdapter{cfg.Log},
 		})
 	}
-	s.trusted, s.untrusted = mk(true), mk(false)
+	s.trusted, s.untrusted, s.secure = mk(cfg.TLS, true), mk(cfg.TLS, false), mk(nil, true)
 	return s
 }
 
 func (s *Server) newSession(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
 	sess := &session{srv: s, conn: c}
+	if g, ok := c.NetConn().(*guardConn); ok {
+		sess.guard = g
+	}
 	if ap, err := netip.ParseAddrPort(c.NetConn().RemoteAddr().String()); err == nil {
-		sess.ip = ap.Addr().Unmap().String()
+		sess.addr = ap.Addr().Unmap()
+		sess.ip = sess.addr.String()
 	}
 	return sess, nil, nil
 }
@@ -119,10 +127,11 @@ func (s *Server) trustedAddr(a net.Addr) bool {
 // Serve accepts connections on ln until Close, handing each to the server
 // instance its client network calls for.
 func (s *Server) Serve(ln net.Listener) error {
-	tr, un := newChanListener(ln), newChanListener(ln)
+	tr, un, sec := newChanListener(ln), newChanListener(ln), newChanListener(ln)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.trusted.Serve(tr) })
 	wg.Go(func() { s.untrusted.Serve(un) })
+	wg.Go(func() { s.secure.Serve(sec) })
 	s.mu.Lock()
 	s.lns = append(s.lns, ln)
 	s.mu.Unlock()
@@ -146,18 +155,26 @@ func (s *Server) Serve(ln net.Listener) error {
 			break
 		}
 		delay = 0
+		_, isTLS := c.(*tls.Conn)
+		g := newGuard(c, s, isTLS)
+		g.secureLn = sec
+		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+			g.ip = ap.Addr().Unmap().String()
+		}
 		to := un
-		if _, isTLS := c.(*tls.Conn); isTLS || s.trustedAddr(c.RemoteAddr()) {
+		switch {
+		case isTLS:
+			to = sec
+		case s.trustedAddr(c.RemoteAddr()):
 			to = tr
 		}
-		select {
-		case to.ch <- c:
-		case <-to.done:
+		if !to.offer(g) {
 			c.Close()
 		}
 	}
 	tr.Close()
 	un.Close()
+	sec.Close()
 	wg.Wait()
 	return err
 }
@@ -170,7 +187,7 @@ func (s *Server) Close() error {
 		ln.Close()
 	}
 	s.mu.Unlock()
-	return errors.Join(s.trusted.Close(), s.untrusted.Close())
+	return errors.Join(s.trusted.Close(), s.untrusted.Close(), s.secure.Close())
 }
 
 // isTemporary reports accept errors worth retrying (EMFILE, ENFILE,
@@ -190,6 +207,16 @@ type chanListener struct {
 
 func newChanListener(l net.Listener) *chanListener {
 	return &chanListener{addr: l.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// offer hands c to the imapserver accepting on l; false once l is closed.
+func (l *chanListener) offer(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
 }
 
 func (l *chanListener) Accept() (net.Conn, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -11,15 +12,18 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 
+	"github.com/relaymail/relay/internal/throttle"
 	"github.com/relaymail/relay/mailbox"
 )
 
 // session is one IMAP connection: authenticated state here, selected state
 // in view.
 type session struct {
-	srv  *Server
-	conn *imapserver.Conn
-	ip   string
+	srv   *Server
+	conn  *imapserver.Conn
+	guard *guardConn // nil only for connections not made by Serve
+	addr  netip.Addr
+	ip    string
 
 	user string
 	sub  *mailbox.Subscription
@@ -47,7 +51,40 @@ func imapError(err error) error {
 	default:
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeServerBug, Text: "internal error, try again later"}
 	}
-	return &imap.Error{Type: imap.StatusResponseTypeNo, Code: code, Text: err.Error()}
+	return &imap.Error{Type: imap.StatusResponseTypeNo, Code: code, Text: safeText(err.Error())}
+}
+
+// safeText makes a reply text one line of printable characters: store
+// errors name mailboxes, and a name sent as a literal may hold CR, LF or
+// other controls, which imapserver writes as they are (RFC 9051 §4: text
+// has no CR or LF).
+func safeText(s string) string {
+	const max = 300
+	b := []byte(s)
+	for i, c := range b {
+		if c < ' ' || c == 0x7f {
+			b[i] = ' '
+		}
+	}
+	if len(b) > max {
+		b = append(b[:max], "..."...)
+	}
+	return strings.ToValidUTF8(string(b), "?")
+}
+
+// maxNameLen bounds a mailbox name (bytes, in modified UTF-7 as sent).
+const maxNameLen = 1024
+
+// checkName refuses mailbox names with control characters, which RFC 9051
+// §5.1 excludes, and overlong ones.
+func checkName(name string) error {
+	if len(name) > maxNameLen {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot, Text: "mailbox name too long"}
+	}
+	if strings.IndexFunc(name, func(r rune) bool { return r < ' ' || r == 0x7f }) >= 0 {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot, Text: "control character in mailbox name"}
+	}
+	return nil
 }
 
 func (s *session) Close() error {
@@ -57,20 +94,44 @@ func (s *session) Close() error {
 	return nil
 }
 
-// Login checks the password; failures are throttled per client and account,
-// and the reply never says which part was wrong.
+// errLoginBlocked is the answer while the client's address or the account
+// is blocked after too many failures (RFC 5530 UNAVAILABLE: try again
+// later). It is the same for every user name, known or not, and comes
+// before the password is looked at, so it tells a guesser nothing.
+var errLoginBlocked = &imap.Error{
+	Type: imap.StatusResponseTypeNo,
+	Code: imap.ResponseCodeUnavailable,
+	Text: "too many failed logins, try again later",
+}
+
+// Login checks the password. Failures are throttled per client address and
+// per account with growing delays, and after the throttle's limit refused
+// outright for a while; the reply never says which part was wrong
+// (AUTHENTICATIONFAILED either way, RFC 5530).
 func (s *session) Login(username, password string) error {
 	t := s.srv.cfg.Throttle
+	keys := []string{throttle.IPKey(s.addr), "user:" + mailbox.NormalizeUser(username)}
+	if t != nil {
+		if blocked, retry := t.Blocked(keys...); blocked {
+			s.srv.cfg.Log.Warn("imap login refused", "client", s.ip, "user", username, "retry_after", retry.Round(time.Second))
+			return errLoginBlocked
+		}
+	}
 	user, err := s.srv.boxes.Authenticate(username, password)
 	if err != nil {
 		s.srv.cfg.Log.Warn("imap login failed", "client", s.ip, "user", username)
 		if t != nil {
-			t.Fail(context.Background(), "ip:"+s.ip, "user:"+mailbox.NormalizeUser(username))
+			t.Fail(context.Background(), keys...)
 		}
 		return imapserver.ErrAuthFailed
 	}
+	// Only the account is forgiven: a guesser holding one valid account
+	// must not be able to reset its address's count with it.
 	if t != nil {
 		t.Succeed("user:" + user)
+	}
+	if s.guard != nil {
+		s.guard.authenticated.Store(true)
 	}
 	s.user = user
 	s.sub = s.srv.boxes.Subscribe(user)
@@ -120,6 +181,9 @@ func (s *session) Create(name string, options *imap.CreateOptions) error {
 	if name == "" {
 		return imapError(mailbox.ErrNotAllowed)
 	}
+	if err := checkName(name); err != nil {
+		return err
+	}
 	var use string
 	if options != nil && len(options.SpecialUse) > 0 {
 		use = string(options.SpecialUse[0])
@@ -148,6 +212,9 @@ func (s *session) Delete(name string) error {
 }
 
 func (s *session) Rename(old, new string, _ *imap.RenameOptions) error {
+	if err := checkName(new); err != nil {
+		return err
+	}
 	return imapError(s.srv.boxes.RenameMailbox(s.user, old, new))
 }
 
