@@ -19,7 +19,9 @@ import (
 
 	"github.com/relaymail/relay/internal/admin"
 	"github.com/relaymail/relay/internal/config"
+	"github.com/relaymail/relay/internal/connlimit"
 	"github.com/relaymail/relay/internal/metrics"
+	"github.com/relaymail/relay/internal/ratelimit"
 	"github.com/relaymail/relay/internal/store"
 	"github.com/relaymail/relay/internal/throttle"
 	"github.com/relaymail/relay/internal/tlsconf"
@@ -51,8 +53,10 @@ type Server struct {
 	adminLn   net.Listener
 	listeners map[string]net.Addr
 	// authThrottle is shared by every listener, so a guesser cannot reset
-	// its delay by switching ports.
-	authThrottle *throttle.Throttle
+	// its delay by switching ports; so are the SMTP limits.
+	authThrottle     *throttle.Throttle
+	smtpConns        *connlimit.Limiter
+	ipRate, userRate *ratelimit.Keyed
 }
 
 type imapListener struct {
@@ -88,6 +92,9 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	// The mail log: one line per queue event, in the server's log.
 	s.spool.SetMailLog(log)
 	s.metrics = metrics.New(s.queueStats)
+	s.smtpConns = connlimit.New(cfg.MaxConnections, cfg.MaxConnectionsPerIP)
+	s.ipRate = ratelimit.New(cfg.IPMessageRate, 0)
+	s.userRate = ratelimit.New(cfg.UserMessageRate, 0)
 	s.spool.OnEvent(s.countEvent)
 	s.certs, err = tlsconf.Load(cfg.TLSCert, cfg.TLSKey, cfg.Data, cfg.Hostname)
 	if err != nil {
@@ -175,6 +182,12 @@ func (s *Server) listen() error {
 			Accounts:        s.boxes,
 			Throttle:        s.authThrottle,
 			Metrics:         s.metrics,
+			Conns:           s.smtpConns,
+			IPRate:          s.ipRate,
+			UserRate:        s.userRate,
+			MaxErrors:       s.cfg.MaxErrors,
+			SessionTimeout:  time.Duration(s.cfg.SessionTimeout),
+			MaxLineLength:   s.cfg.MaxLineLength,
 		}, s.spool, s.log.With("listener", l.name))
 		s.smtps = append(s.smtps, smtpListener{l.name, srv, ln})
 	}

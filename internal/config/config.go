@@ -45,6 +45,15 @@ type Config struct {
 	SMTPTimeout    Duration `toml:"smtp-timeout"`
 	DataTimeout    Duration `toml:"data-timeout"`
 
+	// Abuse limits, with Postfix's defaults where it has one.
+	MaxConnections      int      `toml:"max-connections"`
+	MaxConnectionsPerIP int      `toml:"max-connections-per-ip"`
+	IPMessageRate       int      `toml:"ip-message-rate"`
+	UserMessageRate     int      `toml:"user-message-rate"`
+	MaxErrors           int      `toml:"max-errors"`
+	SessionTimeout      Duration `toml:"session-timeout"`
+	MaxLineLength       int      `toml:"max-line-length"`
+
 	RetryFirst    Duration `toml:"retry-first"`
 	RetryMax      Duration `toml:"retry-max"`
 	QueueLifetime Duration `toml:"queue-lifetime"`
@@ -75,12 +84,26 @@ func Default() Config {
 		MaxRecipients:  1000,
 		SMTPTimeout:    Duration(5 * time.Minute),
 		DataTimeout:    Duration(30 * time.Minute),
-		RetryFirst:     Duration(5 * time.Minute),
-		RetryMax:       Duration(time.Hour),
-		QueueLifetime:  Duration(5 * 24 * time.Hour),
-		DelayNotice:    Duration(4 * time.Hour),
-		LogFormat:      "text",
-		LogLevel:       "info",
+		// Postfix: default_process_limit 100 smtpd processes, each one
+		// session; a goroutine per session is cheaper, so more.
+		MaxConnections: 1000,
+		// Postfix: smtpd_client_connection_count_limit = 50.
+		MaxConnectionsPerIP: 50,
+		// Postfix: smtpd_client_message_rate_limit = 0 (no limit).
+		IPMessageRate:   0,
+		UserMessageRate: 0,
+		// Postfix: smtpd_hard_error_limit = 20.
+		MaxErrors:      20,
+		SessionTimeout: Duration(time.Hour),
+		// Postfix splits lines past line_length_limit = 2048; the relay
+		// refuses them, past a limit twice RFC 5322's 998.
+		MaxLineLength: 2000,
+		RetryFirst:    Duration(5 * time.Minute),
+		RetryMax:      Duration(time.Hour),
+		QueueLifetime: Duration(5 * 24 * time.Hour),
+		DelayNotice:   Duration(4 * time.Hour),
+		LogFormat:     "text",
+		LogLevel:      "info",
 	}
 }
 
@@ -157,6 +180,25 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxRecipients <= 0 {
 		errs = append(errs, errors.New("max-recipients: must be positive"))
+	}
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"max-connections", c.MaxConnections}, {"max-connections-per-ip", c.MaxConnectionsPerIP},
+		{"ip-message-rate", c.IPMessageRate}, {"user-message-rate", c.UserMessageRate}} {
+		if n.v < 0 {
+			errs = append(errs, fmt.Errorf("%s: must be 0 (no limit) or more", n.name))
+		}
+	}
+	if c.MaxErrors <= 0 {
+		errs = append(errs, errors.New("max-errors: must be positive"))
+	}
+	if c.MaxLineLength < 512 {
+		// RFC 5321 §4.5.3.1.4: a command line may be 512 octets.
+		errs = append(errs, errors.New("max-line-length: must be at least 512"))
+	}
+	if c.SessionTimeout <= 0 || c.SMTPTimeout <= 0 || c.DataTimeout <= 0 {
+		errs = append(errs, errors.New("smtp-timeout, data-timeout, session-timeout: must be positive"))
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("log-format: %q is not text or json", c.LogFormat))
@@ -261,6 +303,13 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxRecipients, "max-recipients", c.MaxRecipients, "most recipients per message")
 	fs.Var(&c.SMTPTimeout, "smtp-timeout", "how long an SMTP client may stay idle between commands")
 	fs.Var(&c.DataTimeout, "data-timeout", "how long one DATA or BDAT transfer may take in all")
+	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections, "most SMTP connections at once (0: no limit)")
+	fs.IntVar(&c.MaxConnectionsPerIP, "max-connections-per-ip", c.MaxConnectionsPerIP, "most SMTP connections from one address, IPv6 per /64 (0: no limit)")
+	fs.IntVar(&c.IPMessageRate, "ip-message-rate", c.IPMessageRate, "most messages a minute from one address (0: no limit)")
+	fs.IntVar(&c.UserMessageRate, "user-message-rate", c.UserMessageRate, "most messages a minute from one authenticated account (0: no limit)")
+	fs.IntVar(&c.MaxErrors, "max-errors", c.MaxErrors, "refused commands before a session is ended")
+	fs.Var(&c.SessionTimeout, "session-timeout", "longest SMTP session")
+	fs.IntVar(&c.MaxLineLength, "max-line-length", c.MaxLineLength, "longest SMTP command or message line")
 	fs.Var(&c.RetryFirst, "retry-first", "delay before the first retry")
 	fs.Var(&c.RetryMax, "retry-max", "longest delay between retries")
 	fs.Var(&c.QueueLifetime, "queue-lifetime", "how long a message is retried before it bounces")

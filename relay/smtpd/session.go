@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/relaymail/relay/internal/addr"
+	"github.com/relaymail/relay/internal/connlimit"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/spool"
 )
@@ -28,13 +29,14 @@ var (
 	// RFC 5321 §2.3.8: lines end in CRLF only. Accepting a bare LF or CR
 	// lets a client smuggle a second message past a server that reads the
 	// end of data differently (SMTP smuggling).
-	errBareNewline = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "message contains a bare LF or CR; lines must end with CRLF"}
-	errLineTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 6}, Message: "line too long, closing connection"}
-	errTimeout     = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "timeout reading message data, closing connection"}
-	errLocal       = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary local problem, try again later"}
-	errNoMail      = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
-	errNoUser      = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
-	errUserLookup  = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary local problem looking up the recipient"}
+	errBareNewline     = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "message contains a bare LF or CR; lines must end with CRLF"}
+	errHeader8bitReply = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "8-bit data in the message header needs SMTPUTF8 or BODY=8BITMIME"}
+	errLineTooLong     = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 6}, Message: "line too long, closing connection"}
+	errTimeout         = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "timeout reading message data, closing connection"}
+	errLocal           = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary local problem, try again later"}
+	errNoMail          = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
+	errNoUser          = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+	errUserLookup      = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary local problem looking up the recipient"}
 	// RFC 6409 §4.3 and RFC 4954 §4: submission needs AUTH, and AUTH needs
 	// TLS except from trusted networks.
 	errAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "authentication required"}
@@ -43,6 +45,11 @@ var (
 	errNoMech       = &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "unrecognized authentication mechanism"}
 	errNotYours     = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "sender address not owned by the authenticated user"}
 	errShutdown     = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "service shutting down, try again later"}
+	// RFC 5321 §4.2.5 lets a server end a session with 421; Postfix does
+	// so after smtpd_hard_error_limit errors.
+	errTooManyErrors = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "too many errors, closing connection"}
+	errRateIP        = &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "too many messages from your address, try again later"}
+	errRateUser      = &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "too many messages from your account, try again later"}
 )
 
 // session is one SMTP transaction state machine on one connection.
@@ -52,6 +59,7 @@ type session struct {
 	addr netip.Addr
 	ip   string
 	user string // authenticated account, "" before AUTH
+	errs int    // refused commands so far
 
 	hasFrom bool
 	from    string
@@ -65,9 +73,10 @@ type session struct {
 }
 
 func (s *session) Reset() {
+	closing := s.srv.endTxn(s.conn.Conn())
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closeAfterReply {
+	if s.closeAfterReply || closing {
 		// go-smtp resets after writing the DATA reply; a timed-out client
 		// may still be sending body bytes that must not be read as
 		// commands (go-smtp #196). The net.Conn is closed directly:
@@ -87,10 +96,38 @@ func (s *session) clear() {
 
 func (s *session) Logout() error { return nil }
 
-// Mail handles MAIL FROM. The null reverse path <> is allowed on the relay
-// port (bounces); on the submission port the sender must be the
-// authenticated user.
+// counted passes a command's result on, counting refusals: once a session
+// has collected MaxErrors, the reply is a 421 and the connection closes
+// after it.
+func (s *session) counted(err error) error {
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code < 400 || se.Code == 421 {
+		return err
+	}
+	if s.errs++; s.errs < s.srv.cfg.MaxErrors {
+		return err
+	}
+	s.srv.log.Info("rejected", "reason", "too many errors", "client", s.ip, "errors", s.errs)
+	s.srv.cfg.Metrics.Rejected("too many errors")
+	closeAfterReply(s.conn.Conn())
+	return errTooManyErrors
+}
+
+// Mail implements smtp.Session.
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	return s.counted(s.mail(from, opts))
+}
+
+// Rcpt implements smtp.Session.
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error { return s.counted(s.rcpt(to, opts)) }
+
+// Data implements smtp.Session.
+func (s *session) Data(r io.Reader) error { return s.counted(s.data(r)) }
+
+// mail handles MAIL FROM. The null reverse path <> is allowed on the relay
+// port (bounces); on the submission port the sender must be the
+// authenticated user. Message rates are checked here, per transaction.
+func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	if s.srv.cfg.Submission {
 		if s.user == "" {
 			return errAuthRequired
@@ -101,6 +138,16 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			return errNotYours
 		}
 	}
+	if !s.srv.cfg.IPRate.Allow(connlimit.Key(s.addr).String()) {
+		s.srv.log.Info("rejected", "reason", "message rate per address", "client", s.ip)
+		s.srv.cfg.Metrics.Rejected("rate per address")
+		return errRateIP
+	}
+	if s.user != "" && !s.srv.cfg.UserRate.Allow(s.user) {
+		s.srv.log.Info("rejected", "reason", "message rate per account", "client", s.ip, "user", s.user)
+		s.srv.cfg.Metrics.Rejected("rate per account")
+		return errRateUser
+	}
 	if from != "" {
 		a, err := addr.Parse(from, opts.UTF8)
 		if errors.Is(err, addr.ErrUTF8) {
@@ -110,6 +157,10 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			return errBadSender
 		}
 		from = a.String()
+	}
+	if !s.srv.beginTxn(s.conn.Conn()) {
+		closeAfterReply(s.conn.Conn())
+		return errShutdown
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -129,8 +180,8 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	return nil
 }
 
-// Rcpt handles RCPT TO: only local domains are accepted on the relay port.
-func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+// rcpt handles RCPT TO: only local domains are accepted on the relay port.
+func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	s.mu.Lock()
 	hasFrom := s.hasFrom
 	s.mu.Unlock()
@@ -184,23 +235,9 @@ func (s *session) checkLocalUser(a addr.Address) error {
 	return nil
 }
 
-// Data reads the message (DATA or BDAT) into the spool. The Received: header
+// data reads the message (DATA or BDAT) into the spool. The Received: header
 // goes first, so its queue ID is chosen before the body is read.
-func (s *session) Data(r io.Reader) error {
-	if !s.srv.enterData(s.conn.Conn()) {
-		s.mu.Lock()
-		s.closeAfterReply = true
-		s.mu.Unlock()
-		return errShutdown
-	}
-	defer func() {
-		if s.srv.leaveData(s.conn.Conn()) {
-			// Reset, after the reply, closes the connection.
-			s.mu.Lock()
-			s.closeAfterReply = true
-			s.mu.Unlock()
-		}
-	}()
+func (s *session) data(r io.Reader) error {
 	s.mu.Lock()
 	if !s.hasFrom || len(s.rcpts) == 0 {
 		s.mu.Unlock()
@@ -223,7 +260,11 @@ func (s *session) Data(r io.Reader) error {
 		idle: s.srv.cfg.DataIdleTimeout,
 		end:  time.Now().Add(s.srv.cfg.DataTimeout),
 	}
-	body := io.MultiReader(strings.NewReader(s.received(m)), &crlfReader{r: dr})
+	var client io.Reader = &crlfReader{r: dr}
+	if !m.Params.SMTPUTF8 && m.Params.Body != "8BITMIME" {
+		client = &header7bit{r: client}
+	}
+	body := io.MultiReader(strings.NewReader(s.received(m)), client)
 	// go-smtp sets a fresh deadline before it reads the next command, so
 	// the data deadline needs no reset here; after a timeout it must stay
 	// expired so that go-smtp's drain of the rest returns at once.
@@ -245,6 +286,8 @@ func (s *session) dataError(m *spool.Message, err error) error {
 		reply, reason = smtp.ErrDataTooLarge, "too large"
 	case errors.Is(err, errBareLine):
 		reply, reason = errBareNewline, "bare newline"
+	case errors.Is(err, errHeader8bit):
+		reply, reason = errHeader8bitReply, "8-bit header"
 	case errors.As(err, &ne) && ne.Timeout():
 		reply, reason = errTimeout, "timeout"
 		s.mu.Lock()
@@ -302,7 +345,38 @@ func sanitize(s string) string {
 	}, s)
 }
 
-var errBareLine = errors.New("bare LF or CR in message data")
+var (
+	errBareLine   = errors.New("bare LF or CR in message data")
+	errHeader8bit = errors.New("8-bit octet in the header without SMTPUTF8 or BODY=8BITMIME")
+)
+
+// header7bit fails with errHeader8bit at the first octet above 0x7f in the
+// header section. RFC 6152 allows 8-bit data only after BODY=8BITMIME, and
+// RFC 6532 allows UTF-8 header fields only with SMTPUTF8; without either, the
+// header is 7-bit ASCII (RFC 5322 §2.2), and 8-bit text there is mis-read
+// downstream. The body is passed as it is, as Postfix does by default.
+type header7bit struct {
+	r       io.Reader
+	lineLen int
+	body    bool
+}
+
+func (h *header7bit) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	for i := 0; i < n && !h.body; i++ {
+		switch b := p[i]; {
+		case b >= 0x80:
+			return 0, errHeader8bit
+		case b == '\n':
+			// A line of just CRLF ends the header section.
+			h.body = h.lineLen <= 1
+			h.lineLen = 0
+		default:
+			h.lineLen++
+		}
+	}
+	return n, err
+}
 
 // crlfReader passes data through and fails with errBareLine at the first LF
 // not preceded by CR or CR not followed by LF.

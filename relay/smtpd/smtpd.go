@@ -27,7 +27,9 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/relaymail/relay/internal/connlimit"
 	"github.com/relaymail/relay/internal/metrics"
+	"github.com/relaymail/relay/internal/ratelimit"
 	"github.com/relaymail/relay/internal/throttle"
 	"github.com/relaymail/relay/spool"
 )
@@ -71,6 +73,22 @@ type Config struct {
 	// Metrics counts accepted and rejected messages and AUTH failures;
 	// nil counts nothing.
 	Metrics *metrics.Registry
+
+	// Limits, Postfix-like; each may be shared by several listeners.
+	// Conns caps connections in total and per client address (nil: no
+	// cap).
+	Conns *connlimit.Limiter
+	// IPRate and UserRate cap messages (MAIL commands) per minute per
+	// client address and per authenticated account (nil: no cap).
+	IPRate, UserRate *ratelimit.Keyed
+	// MaxErrors is how many refused commands a session may collect before
+	// it is ended with 421 (a dictionary attack on RCPT, say).
+	MaxErrors int
+	// SessionTimeout bounds a whole session, so that a client that keeps
+	// it alive with a NOOP now and then is still dropped.
+	SessionTimeout time.Duration
+	// MaxLineLength caps a command line and a line of message data.
+	MaxLineLength int
 }
 
 // Accounts is what ingress needs of the account store.
@@ -89,6 +107,9 @@ const (
 	DefaultDataIdleTimeout = 5 * time.Minute
 	DefaultDataTimeout     = 30 * time.Minute
 	DefaultWriteTimeout    = 5 * time.Minute
+	DefaultMaxErrors       = 20
+	DefaultSessionTimeout  = time.Hour
+	DefaultMaxLineLength   = 2000
 )
 
 func (c *Config) setDefaults() {
@@ -112,6 +133,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.MaxErrors == 0 {
+		c.MaxErrors = DefaultMaxErrors
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = DefaultSessionTimeout
+	}
+	if c.MaxLineLength == 0 {
+		c.MaxLineLength = DefaultMaxLineLength
 	}
 	if c.PlainAuthNets == nil {
 		c.PlainAuthNets = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
@@ -150,6 +180,7 @@ func New(cfg Config, sp *spool.Spool, log *slog.Logger) *Server {
 	srv.MaxRecipients = cfg.MaxRecipients
 	srv.ReadTimeout = cfg.CommandTimeout
 	srv.WriteTimeout = cfg.WriteTimeout
+	srv.MaxLineLength = cfg.MaxLineLength
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
 	if !cfg.ImplicitTLS {
@@ -166,6 +197,9 @@ func New(cfg Config, sp *spool.Spool, log *slog.Logger) *Server {
 
 // Serve accepts connections on l until Shutdown or Close.
 func (s *Server) Serve(l net.Listener) error {
+	if s.cfg.Conns != nil {
+		l = connlimit.Listen(l, s.cfg.Conns, s.refuseConn)
+	}
 	var ln net.Listener = &trackingListener{Listener: l, srv: s}
 	if s.cfg.ImplicitTLS {
 		// Tracking sits under TLS, so go-smtp still sees a *tls.Conn.
@@ -178,22 +212,22 @@ func (s *Server) Serve(l net.Listener) error {
 	return err
 }
 
-// Shutdown stops accepting, ends every session that is not inside DATA or
-// BDAT at once with a 421 (RFC 5321 §3.8), lets those inside finish their
-// message and its reply, and waits for them until ctx is done; then it drops
-// the rest.
+// Shutdown stops accepting, ends every session that has no transaction open
+// at once with a 421 (RFC 5321 §3.8), lets those in a transaction (MAIL
+// accepted) finish their message and hear its reply, and waits for them until
+// ctx is done; then it drops the rest.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
 	idle := make([]*trackedConn, 0, len(s.conns))
 	for c := range s.conns {
-		if !c.inData.Load() {
+		if !c.inTxn.Load() {
 			idle = append(idle, c)
 		}
 	}
 	s.mu.Unlock()
 	for _, c := range idle {
-		c.bye()
+		c.bye(shutdownReply)
 	}
 	err := s.smtp.Shutdown(ctx)
 	if err != nil {
@@ -212,6 +246,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// refuseConn answers a connection over a connection limit (RFC 5321
+// §3.1: 421 instead of the greeting).
+func (s *Server) refuseConn(c net.Conn, err error) {
+	s.log.Info("rejected", "reason", err.Error(), "client", c.RemoteAddr().String())
+	s.cfg.Metrics.Rejected(err.Error())
+	if s.cfg.ImplicitTLS {
+		return // no TLS, no words: just the close
+	}
+	io.WriteString(c, "421 4.7.0 "+s.cfg.Hostname+" "+err.Error()+", try again later\r\n")
+}
+
 // trackingListener records open connections so Shutdown can drop them.
 type trackingListener struct {
 	net.Listener
@@ -227,6 +272,7 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 	l.srv.mu.Lock()
 	l.srv.conns[tc] = struct{}{}
 	l.srv.mu.Unlock()
+	tc.timer = time.AfterFunc(l.srv.cfg.SessionTimeout, func() { tc.bye(sessionTimeoutReply) })
 	return tc, nil
 }
 
@@ -234,21 +280,35 @@ type trackedConn struct {
 	net.Conn
 	srv  *Server
 	once sync.Once
-	// inData is set while a message is being read and queued: Shutdown
-	// lets such a session finish.
-	inData atomic.Bool
+	// inTxn is set from an accepted MAIL to the end of the transaction:
+	// Shutdown lets such a session finish its message.
+	inTxn atomic.Bool
+	// closeAfterWrite ends the connection once the reply being written
+	// has gone out (a session that collected too many errors).
+	closeAfterWrite atomic.Bool
+	timer           *time.Timer // SessionTimeout
 }
 
-// shutdownReply is what a session hears when the server stops.
-const shutdownReply = "421 4.3.2 service shutting down, try again later\r\n"
+// Replies written under go-smtp, when the server ends a session by itself.
+const (
+	shutdownReply       = "421 4.3.2 service shutting down, try again later\r\n"
+	sessionTimeoutReply = "421 4.4.2 session too long, closing connection\r\n"
+)
 
-// bye ends a session that holds no message in flight. The reply is written
-// under the connection rather than through go-smtp, which is blocked reading
-// the client's next command.
-func (c *trackedConn) bye() {
+// bye ends a session with reply. It is written under the connection rather
+// than through go-smtp, which is blocked reading the client's next command.
+func (c *trackedConn) bye(reply string) {
 	c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-	io.WriteString(c.Conn, shutdownReply)
+	io.WriteString(c.Conn, reply)
 	c.Close()
+}
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.closeAfterWrite.Load() {
+		c.Close()
+	}
+	return n, err
 }
 
 // trackedOf finds the tracked connection under a session's connection,
@@ -261,9 +321,17 @@ func trackedOf(c net.Conn) *trackedConn {
 	return t
 }
 
-// enterData marks a session's connection as holding a message in flight; it
-// reports false when Shutdown has begun, and the session is then ended.
-func (s *Server) enterData(c net.Conn) bool {
+// closeAfterReply ends a session's connection once its next reply is
+// written.
+func closeAfterReply(c net.Conn) {
+	if t := trackedOf(c); t != nil {
+		t.closeAfterWrite.Store(true)
+	}
+}
+
+// beginTxn marks a session's connection as being in a transaction; it
+// reports false when Shutdown has begun, and the transaction is then refused.
+func (s *Server) beginTxn(c net.Conn) bool {
 	t := trackedOf(c)
 	if t == nil {
 		return true
@@ -273,25 +341,28 @@ func (s *Server) enterData(c net.Conn) bool {
 	if s.closing {
 		return false
 	}
-	t.inData.Store(true)
+	t.inTxn.Store(true)
 	return true
 }
 
-// leaveData ends the mark; after Shutdown began, the connection closes once
-// the reply to the message is written.
-func (s *Server) leaveData(c net.Conn) (closing bool) {
+// endTxn ends the mark; it reports whether Shutdown has begun, in which case
+// the session is to end now.
+func (s *Server) endTxn(c net.Conn) (closing bool) {
 	t := trackedOf(c)
 	if t == nil {
 		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t.inData.Store(false)
+	t.inTxn.Store(false)
 	return s.closing
 }
 
 func (c *trackedConn) Close() error {
 	c.once.Do(func() {
+		if c.timer != nil {
+			c.timer.Stop()
+		}
 		c.srv.mu.Lock()
 		delete(c.srv.conns, c)
 		c.srv.mu.Unlock()
