@@ -3,10 +3,18 @@ package smtpd
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/relaymail/relay/internal/throttle"
+	"github.com/relaymail/relay/mailbox"
 )
+
+// errAuthBlocked answers every attempt while a client or an account is
+// locked out after too many failures.
+var errAuthBlocked = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "temporary authentication failure: too many failed attempts, try again later"}
 
 // AuthMechanisms implements smtp.AuthSession. AUTH is offered only where it
 // may be used: on a submission port with an account store, and on TLS or
@@ -56,13 +64,24 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 // authenticate checks a password; failures wait out the throttle's delay for
 // this client and account and then answer 535 5.7.8, never saying whether
 // the user or the password was wrong.
+//
+// After throttle.Limit failures from the client's address or for the account
+// name, attempts are refused with 454 4.7.0 (RFC 4954 §6) without looking at
+// the password, until the lockout ends: the same answer for a name that
+// exists and one that does not.
 func (s *session) authenticate(user, pass string) error {
 	t := s.srv.cfg.Throttle
+	ipKey, userKey := throttle.IPKey(s.addr), "user:"+mailbox.NormalizeUser(user)
+	if blocked, retry := t.Blocked(ipKey, userKey); blocked {
+		s.srv.log.Warn("auth refused", "reason", "too many failures", "client", s.ip, "user", user, "retry_after", retry.Round(time.Second))
+		s.srv.cfg.Metrics.AuthFailure("smtp")
+		return errAuthBlocked
+	}
 	account, err := s.srv.cfg.Accounts.Authenticate(user, pass)
 	if err != nil {
-		s.srv.log.Warn("auth failed", "client", s.ip, "user", user, "failures", t.Failures("ip:"+s.ip)+1)
+		s.srv.log.Warn("auth failed", "client", s.ip, "user", user, "failures", t.Failures(ipKey)+1)
 		s.srv.cfg.Metrics.AuthFailure("smtp")
-		t.Fail(context.Background(), "ip:"+s.ip, "user:"+user)
+		t.Fail(context.Background(), ipKey, userKey)
 		return errAuthFailed
 	}
 	t.Succeed("user:" + account)

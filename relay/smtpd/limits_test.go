@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -234,4 +235,31 @@ func waitUntil(d time.Duration, cond func() bool) bool {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestAuthLockout guards the temporary refusal after repeated AUTH
+// failures: once an address has failed Limit times, even the right password
+// hears 454 4.7.0, for a name that exists and one that does not alike,
+// until the lockout has passed.
+func TestAuthLockout(t *testing.T) {
+	t.Parallel()
+	f := newAuthFixture(t)
+	cfg, _ := f.config(true)
+	now := time.Now()
+	var mu sync.Mutex
+	cfg.Throttle.Limit, cfg.Throttle.Lockout = 3, time.Minute
+	cfg.Throttle.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s := startServer(t, cfg)
+	rc := s.rawHello(t)
+	for range 3 {
+		rc.expect("AUTH PLAIN "+plainIR("", subUser, "wrong"), "535 5.7.8")
+	}
+	rc = s.rawHello(t)
+	rc.expect("AUTH PLAIN "+plainIR("", subUser, subPass), "454 4.7.0")
+	rc.expect("AUTH PLAIN "+plainIR("", "nobody@localhost", "x"), "454 4.7.0")
+	mu.Lock()
+	now = now.Add(2 * time.Minute)
+	mu.Unlock()
+	rc = s.rawHello(t)
+	rc.expect("AUTH PLAIN "+plainIR("", subUser, subPass), "235 ")
 }
