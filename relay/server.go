@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"slices"
 	"sync"
@@ -145,10 +146,11 @@ func (s *Server) listen() error {
 			return fmt.Errorf("http listener: %w", err)
 		}
 		s.listeners["http"] = s.httpLn.Addr()
-		s.http = &http.Server{
-			Handler:           metrics.Handler(s.metrics, s.healthy, s.log),
-			ReadHeaderTimeout: 10 * time.Second,
+		var h http.Handler = metrics.Handler(s.metrics, s.healthy, s.log)
+		if s.cfg.PProf {
+			h = withPProf(h)
 		}
+		s.http = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	}
 
 	for _, l := range []struct {
@@ -374,4 +376,18 @@ func (s *Server) countEvent(ev spool.Event) {
 func (s *Server) healthy() error {
 	_, err := s.spool.Oldest()
 	return err
+}
+
+// withPProf adds the runtime profiles under /debug/pprof/ (--pprof): for
+// finding bottlenecks on a running relay, off by default since profiles show
+// internals.
+func withPProf(h http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", h)
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }

@@ -606,6 +606,21 @@ func TestMetrics(t *testing.T) {
 	if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != "ok" {
 		t.Errorf("/healthz: %s %q", resp.Status, body)
 	}
+	// Profiles only with --pprof.
+	if resp, err := http.Get("http://" + httpAddr + "/debug/pprof/"); err != nil || resp.StatusCode != 404 {
+		t.Errorf("/debug/pprof/ without --pprof: %v %v, want 404", resp.Status, err)
+	}
+	srv.stop()
+	srv = startServer(t, data, "--http", "127.0.0.1:0", "--pprof")
+	resp, err = http.Get("http://" + srv.listener(t, "http") + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "goroutine profile") {
+		t.Errorf("/debug/pprof/goroutine with --pprof: %s %.100q", resp.Status, body)
+	}
 	srv.stop()
 }
 

@@ -59,6 +59,9 @@ type Config struct {
 	QueueLifetime Duration `toml:"queue-lifetime"`
 	DelayNotice   Duration `toml:"delay-notice"`
 
+	// PProf serves the runtime profiles on the HTTP listener.
+	PProf bool `toml:"pprof"`
+
 	LogFormat string `toml:"log-format"`
 	LogLevel  string `toml:"log-level"`
 }
@@ -314,6 +317,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.Var(&c.RetryMax, "retry-max", "longest delay between retries")
 	fs.Var(&c.QueueLifetime, "queue-lifetime", "how long a message is retried before it bounces")
 	fs.Var(&c.DelayNotice, "delay-notice", "when the sender is told of a delay")
+	fs.BoolVar(&c.PProf, "pprof", c.PProf, "serve runtime profiles at /debug/pprof/ on the HTTP listener")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error")
 }
