@@ -94,13 +94,8 @@ func QueueOp(sp *spool.Spool, bounce func(string) error, verb string, ids []stri
 	case "flush":
 		op = sp.Flush
 		if len(ids) == 0 {
-			ms, err := sp.List()
-			if err != nil {
-				return err
-			}
-			for _, m := range ms {
-				ids = append(ids, m.ID)
-			}
+			_, err := sp.FlushAll()
+			return err
 		}
 	case "hold":
 		op = sp.Hold

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -324,5 +325,33 @@ func TestMailLogAndHooks(t *testing.T) {
 	}
 	if strings.Join(seen, ",") != "accepted,delivered" {
 		t.Errorf("hooks saw %q", seen)
+	}
+}
+
+// TestFlushAll: every pending recipient of every message becomes due now,
+// across more than one page of IDs; held messages stay held.
+func TestFlushAll(t *testing.T) {
+	e := newEnv(t)
+	later := t0.Add(time.Hour)
+	var held string
+	for i := range 1205 {
+		m := e.enqueue(t, []byte("x"), rcptAt("a@example.net", later))
+		if i == 7 {
+			held = m.ID
+			if err := e.s.Hold(held); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := e.due(t, t0, 2000); len(got) != 0 {
+		t.Fatalf("%d due before the flush", len(got))
+	}
+	n, err := e.s.FlushAll()
+	if err != nil || n != 1205 {
+		t.Fatalf("FlushAll = %d, %v; want 1205", n, err)
+	}
+	due := e.due(t, t0, 2000)
+	if len(due) != 1204 || slices.Contains(due, held) {
+		t.Errorf("%d due after the flush (held one among them: %v), want 1204 without the held one", len(due), slices.Contains(due, held))
 	}
 }

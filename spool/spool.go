@@ -276,6 +276,47 @@ func (s *Spool) Flush(id string) error {
 	})
 }
 
+// FlushAll flushes every queued message (postqueue -f). It walks the queue a
+// page of IDs at a time, so that a queue of 100,000 messages is not held in
+// memory at once; it returns how many messages it flushed.
+func (s *Spool) FlushAll() (int, error) {
+	n := 0
+	after := ""
+	for {
+		ids, err := s.idsAfter(after, 1000)
+		if err != nil || len(ids) == 0 {
+			return n, err
+		}
+		for _, id := range ids {
+			err := s.Flush(id)
+			if errors.Is(err, ErrNotFound) {
+				continue // delivered meanwhile
+			}
+			if err != nil {
+				return n, err
+			}
+			n++
+		}
+		after = ids[len(ids)-1]
+	}
+}
+
+// idsAfter returns up to limit queue IDs greater than after, in order,
+// reading keys only.
+func (s *Spool) idsAfter(after string, limit int) ([]string, error) {
+	var ids []string
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixEnv)})
+		defer it.Close()
+		it.Seek(append(envKey(after), 0))
+		for ; it.Valid() && len(ids) < limit; it.Next() {
+			ids = append(ids, string(it.Item().Key()[len(prefixEnv):]))
+		}
+		return nil
+	})
+	return ids, err
+}
+
 // putEnvelope writes m and moves its due-index entry to where its state says.
 func (s *Spool) putEnvelope(txn *badger.Txn, m *Message) error {
 	due := m.nextDue()
