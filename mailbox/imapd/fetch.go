@@ -1,13 +1,14 @@
 package imapd
 
 import (
-	"bufio"
 	"bytes"
 	"io"
 	"slices"
+	"strings"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
+	gomessage "github.com/emersion/go-message"
 	"github.com/emersion/go-message/textproto"
 
 	"github.com/relaymail/relay/mailbox"
@@ -19,6 +20,8 @@ type content struct {
 	boxes *mailbox.Store
 	m     mailbox.Message
 	data  []byte
+	tree  *entity // the MIME structure, parsed on first use
+	top   *entity // the header section only, if tree is not parsed
 }
 
 // smallMessage is the size up to which a message is read into memory once
@@ -26,22 +29,50 @@ type content struct {
 const smallMessage = 256 << 10
 
 func (c *content) reader() io.Reader {
+	if c.data != nil {
+		return bytes.NewReader(c.data)
+	}
 	if c.m.Size > smallMessage {
 		return c.boxes.Open(c.m)
 	}
-	if c.data == nil {
-		b, err := io.ReadAll(c.boxes.Open(c.m))
-		if err != nil {
-			return &errReader{err}
-		}
-		c.data = b
+	b, err := io.ReadAll(c.boxes.Open(c.m))
+	if err != nil {
+		return &errReader{err}
 	}
+	c.data = b
 	return bytes.NewReader(c.data)
 }
 
-// header reads only the header section.
-func (c *content) header() (textproto.Header, error) {
-	return textproto.ReadHeader(bufio.NewReader(c.reader()))
+// section returns the bytes [off, off+n) of the message.
+func (c *content) section(off, n int64) io.Reader {
+	r := c.reader()
+	if br, ok := r.(*bytes.Reader); ok {
+		br.Seek(off, io.SeekStart)
+		return io.LimitReader(br, n)
+	}
+	if _, err := io.CopyN(io.Discard, r, off); err != nil {
+		return &errReader{err}
+	}
+	return io.LimitReader(r, n)
+}
+
+// mime returns the message's MIME structure.
+func (c *content) mime() *entity {
+	if c.tree == nil {
+		c.tree = parseMIME(c.reader())
+		c.top = c.tree
+	}
+	return c.tree
+}
+
+// header returns the top-level entity with its header parsed and its
+// body's extent, reading only the header section when the structure is
+// not needed otherwise.
+func (c *content) header() *entity {
+	if c.top == nil {
+		c.top = parseTop(c.reader(), c.m.Size)
+	}
+	return c.top
 }
 
 type errReader struct{ err error }
@@ -132,14 +163,10 @@ func (s *session) fetchOne(w *imapserver.FetchResponseWriter, m mailbox.Message,
 		w.WriteRFC822Size(m.Size)
 	}
 	if o.Envelope {
-		h, err := c.header()
-		if err != nil {
-			h = textproto.Header{}
-		}
-		w.WriteEnvelope(imapserver.ExtractEnvelope(h))
+		w.WriteEnvelope(imapserver.ExtractEnvelope(c.header().header))
 	}
 	if o.BodyStructure != nil {
-		w.WriteBodyStructure(imapserver.ExtractBodyStructure(c.reader()))
+		w.WriteBodyStructure(bodyStructure(c.mime()))
 	}
 	for _, sec := range o.BodySection {
 		if err := writeSection(w, c, sec); err != nil {
@@ -147,47 +174,165 @@ func (s *session) fetchOne(w *imapserver.FetchResponseWriter, m mailbox.Message,
 		}
 	}
 	for _, sec := range o.BinarySection {
-		b := imapserver.ExtractBinarySection(c.reader(), sec)
-		wc := w.WriteBinarySection(sec, int64(len(b)))
-		if _, err := wc.Write(b); err != nil {
-			return err
-		}
-		if err := wc.Close(); err != nil {
+		if err := writeBinary(w, c, sec); err != nil {
 			return err
 		}
 	}
 	for _, sec := range o.BinarySectionSize {
-		w.WriteBinarySectionSize(sec, imapserver.ExtractBinarySectionSize(c.reader(), sec))
+		w.WriteBinarySectionSize(sec, uint32(min(binarySize(c, sec.Part), 1<<32-1)))
 	}
 	return w.Close()
 }
 
-// writeSection writes one BODY[...] item. The whole message (BODY[] with
-// or without a partial range) streams from the store, so a 50 MiB message
-// is never held in memory; other sections are cut out by the library.
+// writeSection writes one BODY[...] item (RFC 9051 §6.4.5).
 func writeSection(w *imapserver.FetchResponseWriter, c *content, sec *imap.FetchItemBodySection) error {
-	if sec.Specifier == imap.PartSpecifierNone && len(sec.Part) == 0 {
-		off, n := int64(0), c.m.Size
-		if p := sec.Partial; p != nil {
-			off = min(p.Offset, c.m.Size)
-			n = min(p.Size, c.m.Size-off)
-		}
-		r := c.reader()
-		if _, err := io.CopyN(io.Discard, r, off); err != nil {
-			return err
-		}
-		wc := w.WriteBodySection(sec, n)
-		if _, err := io.CopyN(wc, r, n); err != nil {
-			wc.Close()
-			return err
-		}
-		return wc.Close()
-	}
-	b := imapserver.ExtractBodySection(c.reader(), sec)
-	wc := w.WriteBodySection(sec, int64(len(b)))
-	if _, err := wc.Write(b); err != nil {
+	r, n := bodySection(c, sec)
+	wc := w.WriteBodySection(sec, n)
+	if _, err := io.CopyN(wc, r, n); err != nil {
 		wc.Close()
 		return err
 	}
 	return wc.Close()
+}
+
+// bodySection returns the bytes of a BODY[...] item and their number. The
+// whole message (BODY[] with or without a partial range) and every part
+// stream from the store, so a 50 MiB message is never held in memory;
+// only a header with some fields picked is rebuilt.
+func bodySection(c *content, sec *imap.FetchItemBodySection) (io.Reader, int64) {
+	if sec.Specifier == imap.PartSpecifierNone && len(sec.Part) == 0 {
+		off, n := window(c.m.Size, sec.Partial)
+		return c.section(off, n), n
+	}
+	var e *entity
+	if len(sec.Part) == 0 {
+		e = c.header()
+	} else {
+		e = c.mime().find(sec.Part)
+	}
+	if e == nil {
+		return bytes.NewReader(nil), 0
+	}
+	if len(sec.Part) > 0 && (sec.Specifier == imap.PartSpecifierHeader || sec.Specifier == imap.PartSpecifierText) {
+		// HEADER and TEXT of a part are those of the message inside it.
+		e = e.open()
+	}
+	var hdr []byte
+	if sec.Specifier == imap.PartSpecifierHeader || sec.Specifier == imap.PartSpecifierMIME {
+		hdr = c.headerBytes(e, sec)
+	}
+	var bodyLen int64
+	if sec.Specifier == imap.PartSpecifierNone || sec.Specifier == imap.PartSpecifierText {
+		bodyLen = e.end - e.bodyStart
+	}
+	off, n := window(int64(len(hdr))+bodyLen, sec.Partial)
+	hpart := hdr[min(off, int64(len(hdr))):min(int64(len(hdr)), off+n)]
+	boff := max(off-int64(len(hdr)), 0)
+	body := c.section(e.bodyStart+boff, n-int64(len(hpart)))
+	return io.MultiReader(bytes.NewReader(hpart), body), n
+}
+
+// headerBytes is e's header section as BODY[HEADER], BODY[HEADER.FIELDS
+// (...)] or BODY[part.MIME] return it: the raw bytes with the blank line,
+// or the fields picked.
+func (c *content) headerBytes(e *entity, sec *imap.FetchItemBodySection) []byte {
+	if len(sec.HeaderFields) == 0 && len(sec.HeaderFieldsNot) == 0 {
+		b, err := io.ReadAll(c.section(e.hdrStart, e.bodyStart-e.hdrStart))
+		if err != nil {
+			return nil
+		}
+		if !bytes.HasSuffix(b, []byte("\n\n")) && !bytes.HasSuffix(b, []byte("\n\r\n")) && !bytes.Equal(b, []byte("\r\n")) && !bytes.Equal(b, []byte("\n")) {
+			// A header section cut off by the end of its part still
+			// ends with a blank line, as RFC 9051 §6.4.5 has it.
+			b = append(b, '\r', '\n')
+		}
+		return b
+	}
+	h := e.header.Copy()
+	if len(sec.HeaderFields) > 0 {
+		keep := map[string]bool{}
+		for _, k := range sec.HeaderFields {
+			keep[strings.ToLower(k)] = true
+		}
+		for f := h.Fields(); f.Next(); {
+			if !keep[strings.ToLower(f.Key())] {
+				f.Del()
+			}
+		}
+	}
+	for _, k := range sec.HeaderFieldsNot {
+		h.Del(k)
+	}
+	var buf bytes.Buffer
+	textproto.WriteHeader(&buf, h)
+	return buf.Bytes()
+}
+
+// window applies a <offset.size> partial range to a section of size n.
+func window(size int64, p *imap.SectionPartial) (off, n int64) {
+	if p == nil {
+		return 0, size
+	}
+	off = min(max(p.Offset, 0), size)
+	return off, min(max(p.Size, 0), size-off)
+}
+
+// binaryReader decodes the part a BINARY item names (RFC 3516): its body
+// without the content transfer encoding, after the header for the whole
+// message. ok is false for a part that does not exist.
+func binaryReader(c *content, part []int) (r io.Reader, ok bool) {
+	var e *entity
+	if len(part) == 0 {
+		e = c.header()
+	} else if e = c.mime().find(part); e == nil {
+		return nil, false
+	}
+	body := c.section(e.bodyStart, e.end-e.bodyStart)
+	ent, err := gomessage.New(gomessage.Header{Header: e.header}, body)
+	if ent == nil {
+		return &errReader{err}, true
+	}
+	if len(part) > 0 {
+		return ent.Body, true
+	}
+	var buf bytes.Buffer
+	textproto.WriteHeader(&buf, e.header)
+	return io.MultiReader(&buf, ent.Body), true
+}
+
+// binarySize is the decoded size of a part, counted without keeping it.
+func binarySize(c *content, part []int) int64 {
+	r, ok := binaryReader(c, part)
+	if !ok {
+		return 0
+	}
+	n, _ := io.Copy(io.Discard, r)
+	return n
+}
+
+// writeBinary writes one BINARY[...] item.
+func writeBinary(w *imapserver.FetchResponseWriter, c *content, sec *imap.FetchItemBinarySection) error {
+	r, n := binarySection(c, sec)
+	wc := w.WriteBinarySection(sec, n)
+	if _, err := io.CopyN(wc, r, n); err != nil {
+		wc.Close()
+		return err
+	}
+	return wc.Close()
+}
+
+// binarySection returns the decoded bytes of a BINARY[...] item and their
+// number: the size is counted in a first pass, since the literal
+// announces it, and the bytes stream in a second one, so a large
+// attachment is never held in memory.
+func binarySection(c *content, sec *imap.FetchItemBinarySection) (io.Reader, int64) {
+	off, n := window(binarySize(c, sec.Part), sec.Partial)
+	r, ok := binaryReader(c, sec.Part)
+	if !ok {
+		return bytes.NewReader(nil), 0
+	}
+	if _, err := io.CopyN(io.Discard, r, off); err != nil {
+		return bytes.NewReader(nil), 0
+	}
+	return r, n
 }

@@ -1,7 +1,7 @@
 package imapd
 
 import (
-	"bufio"
+	"bytes"
 	"io"
 	"mime"
 	"slices"
@@ -24,14 +24,15 @@ import (
 // candidate is one message under evaluation, with its text parsed only when
 // a criterion needs it.
 type candidate struct {
-	seq    uint32
-	m      mailbox.Message
-	v      *view
-	c      *content
-	parsed bool
-	hdr    textproto.Header
-	body   string // decoded text of the text parts, lower-cased
-	hdrTxt string // decoded header fields, lower-cased
+	seq        uint32
+	m          mailbox.Message
+	v          *view
+	c          *content
+	hdrParsed  bool
+	bodyParsed bool
+	hdr        textproto.Header
+	body       string // decoded text of the text parts, lower-cased
+	hdrTxt     string // decoded header fields, lower-cased
 }
 
 func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
@@ -134,7 +135,7 @@ func (c *candidate) match(cr *imap.SearchCriteria) bool {
 		return false
 	}
 	if !cr.SentSince.IsZero() || !cr.SentBefore.IsZero() {
-		c.parse()
+		c.parseHeader()
 		mh := mail.Header{Header: gomessage.Header{Header: c.hdr}}
 		sent, err := mh.Date()
 		if err != nil || !dateIn(sent, cr.SentSince, cr.SentBefore) {
@@ -142,19 +143,20 @@ func (c *candidate) match(cr *imap.SearchCriteria) bool {
 		}
 	}
 	for _, h := range cr.Header {
-		c.parse()
+		c.parseHeader()
 		if !c.headerHas(h.Key, h.Value) {
 			return false
 		}
 	}
 	for _, b := range cr.Body {
-		c.parse()
+		c.parseBody()
 		if !strings.Contains(c.body, strings.ToLower(b)) {
 			return false
 		}
 	}
 	for _, t := range cr.Text {
-		c.parse()
+		c.parseHeader()
+		c.parseBody()
 		t = strings.ToLower(t)
 		if !strings.Contains(c.hdrTxt, t) && !strings.Contains(c.body, t) {
 			return false
@@ -236,20 +238,15 @@ func (c *candidate) headerHas(key, value string) bool {
 // at, so a huge attachment-like text part cannot stall the server.
 const maxSearchText = 4 << 20
 
-// parse decodes the header and the text parts once.
-func (c *candidate) parse() {
-	if c.parsed {
+// parseHeader decodes the header fields once.
+func (c *candidate) parseHeader() {
+	if c.hdrParsed {
 		return
 	}
-	c.parsed = true
-	br := bufio.NewReader(c.c.reader())
-	h, err := textproto.ReadHeader(br)
-	if err != nil {
-		return
-	}
-	c.hdr = h
+	c.hdrParsed = true
+	c.hdr = c.c.header().header
 	var ht strings.Builder
-	fields := h.Fields()
+	fields := c.hdr.Fields()
 	for fields.Next() {
 		ht.WriteString(fields.Key())
 		ht.WriteString(": ")
@@ -257,30 +254,72 @@ func (c *candidate) parse() {
 		ht.WriteString("\n")
 	}
 	c.hdrTxt = strings.ToLower(ht.String())
-	e, err := gomessage.New(gomessage.Header{Header: h}, br)
-	if e == nil {
+}
+
+// parseBody decodes the text parts once, in one pass over the message, up
+// to maxSearchText.
+func (c *candidate) parseBody() {
+	if c.bodyParsed {
 		return
 	}
+	c.bodyParsed = true
+	tree := c.c.mime()
+	seq := &seqReader{r: c.c.reader()}
 	var body strings.Builder
-	_ = e.Walk(func(_ []int, part *gomessage.Entity, err error) error {
-		if err != nil || part.MultipartReader() != nil {
-			return nil
+	tree.leaves(func(e *entity) bool {
+		// An attached message is searched as text too (RFC 3501
+		// §6.4.4 searches the whole body), as it is.
+		if !strings.HasPrefix(e.mediaType, "text/") && e.msg == nil {
+			return true
 		}
-		t, _, _ := part.Header.ContentType()
-		// An attached message is searched as text too (RFC 3501 §6.4.4
-		// searches the whole body); Walk does not descend into it.
-		if t != "" && !strings.HasPrefix(t, "text/") && t != "message/rfc822" && t != "message/global" {
-			return nil
+		var r io.Reader = seq.section(e.bodyStart, e.end-e.bodyStart)
+		if e.msg == nil {
+			if ent, _ := gomessage.New(gomessage.Header{Header: e.header}, r); ent != nil {
+				r = ent.Body
+			}
 		}
-		b, _ := io.ReadAll(io.LimitReader(part.Body, int64(maxSearchText-body.Len())))
+		b, _ := io.ReadAll(io.LimitReader(r, int64(maxSearchText-body.Len())))
 		body.Write(b)
 		body.WriteByte('\n')
-		if body.Len() >= maxSearchText {
-			return io.EOF
-		}
-		return nil
+		return body.Len() < maxSearchText
 	})
 	c.body = strings.ToLower(body.String())
+}
+
+// seqReader reads sections of a message in increasing order from one
+// stream, so a message in many parts is read once, not once per part.
+type seqReader struct {
+	r   io.Reader
+	pos int64
+}
+
+func (s *seqReader) section(off, n int64) io.Reader {
+	if off > s.pos {
+		k, _ := io.CopyN(io.Discard, s.r, off-s.pos)
+		s.pos += k
+	}
+	if off < s.pos {
+		return bytes.NewReader(nil) // sections never overlap
+	}
+	return &seqSection{s: s, left: n}
+}
+
+type seqSection struct {
+	s    *seqReader
+	left int64
+}
+
+func (r *seqSection) Read(p []byte) (int, error) {
+	if r.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > r.left {
+		p = p[:r.left]
+	}
+	n, err := r.s.r.Read(p)
+	r.s.pos += int64(n)
+	r.left -= int64(n)
+	return n, err
 }
 
 var wordDecoder = &mime.WordDecoder{CharsetReader: charset.Reader}
