@@ -83,7 +83,7 @@ func TestAppendLimitCapability(t *testing.T) {
 
 // selfSigned makes a certificate with internal/tlsconf in a temp dir and
 // returns the server config and a client config that trusts it.
-func selfSigned(t *testing.T) (server, client *tls.Config) {
+func selfSigned(t testing.TB) (server, client *tls.Config) {
 	t.Helper()
 	dir := t.TempDir()
 	certs, err := tlsconf.Load("", "", dir, "localhost")

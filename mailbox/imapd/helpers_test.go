@@ -54,6 +54,7 @@ type testServer struct {
 	t     testing.TB
 	dir   string
 	cfg   imapd.Config
+	opts  store.Options
 	db    *store.DB
 	boxes *mailbox.Store
 	srv   *imapd.Server
@@ -66,7 +67,13 @@ type testServer struct {
 // serves IMAP on 127.0.0.1:0. Everything is closed in t.Cleanup.
 func startServer(t testing.TB, cfg imapd.Config) *testServer {
 	t.Helper()
-	ts := &testServer{t: t, dir: t.TempDir(), cfg: cfg}
+	return startServerOpts(t, cfg, store.Options{})
+}
+
+// startServerOpts is startServer with store options.
+func startServerOpts(t testing.TB, cfg imapd.Config, opts store.Options) *testServer {
+	t.Helper()
+	ts := &testServer{t: t, dir: t.TempDir(), cfg: cfg, opts: opts}
 	ts.open()
 	if err := ts.boxes.AddUser(testUser, testPass); err != nil {
 		t.Fatalf("AddUser: %v", err)
@@ -78,7 +85,7 @@ func startServer(t testing.TB, cfg imapd.Config) *testServer {
 
 func (ts *testServer) open() {
 	ts.t.Helper()
-	db, err := store.Open(ts.dir, store.Options{})
+	db, err := store.Open(ts.dir, ts.opts)
 	if err != nil {
 		ts.t.Fatalf("store.Open: %v", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -368,4 +369,125 @@ func TestMIMEOddStructures(t *testing.T) {
 			}
 		}
 	}
+}
+
+// FuzzMIME: on any bytes the MIME parser stays within its limits and
+// gives a consistent tree (every entity's header and body inside its
+// parent's body, parts in order), the header-only parse agrees with it,
+// BODYSTRUCTURE has no empty multipart (imapserver panics on one), and
+// every section of every part yields the number of bytes it announces.
+func FuzzMIME(f *testing.F) {
+	for _, seed := range loadSeedFiles(f, "../../testdata/fuzz/FuzzMIME") {
+		f.Add(seed)
+	}
+	for _, n := range []string{"plain.eml", "multipart.eml", "8bit.eml", "nested.eml"} {
+		f.Add(readSample(f, n))
+	}
+	f.Add(nestedBomb(120))
+	f.Add(wideBomb(50))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		c := testContent(msg)
+		root := c.mime()
+		n, depth := countEntities(root)
+		if n > maxMIMEParts || depth > maxMIMEDepth {
+			t.Fatalf("%d entities, depth %d", n, depth)
+		}
+		checkEntity(t, root, 0, int64(len(msg)))
+		top := parseTop(bytes.NewReader(msg), int64(len(msg)))
+		if top.bodyStart != root.bodyStart || top.end != root.end {
+			t.Fatalf("header-only parse: body %d-%d, full parse %d-%d", top.bodyStart, top.end, root.bodyStart, root.end)
+		}
+		checkNoEmptyMultipart(t, bodyStructure(root))
+		var ps [][]int
+		ps = append(ps, nil)
+		paths(root, nil, &ps)
+		if len(ps) > 50 {
+			ps = ps[:50]
+		}
+		for _, p := range ps {
+			for _, spec := range []imap.PartSpecifier{imap.PartSpecifierNone, imap.PartSpecifierMIME, imap.PartSpecifierHeader, imap.PartSpecifierText} {
+				for _, sec := range []*imap.FetchItemBodySection{
+					{Specifier: spec, Part: p},
+					{Specifier: spec, Part: p, Partial: &imap.SectionPartial{Offset: 1, Size: 5}},
+					{Specifier: spec, Part: p, HeaderFields: []string{"Content-Type"}},
+				} {
+					r, n := bodySection(testContent(msg), sec)
+					if got, _ := readN(r, n+1); int64(len(got)) != n {
+						t.Fatalf("BODY[%v %v]: %d bytes, announced %d", p, spec, len(got), n)
+					}
+				}
+			}
+			r, n := binarySection(testContent(msg), &imap.FetchItemBinarySection{Part: p})
+			if got, _ := readN(r, n); int64(len(got)) != n {
+				t.Fatalf("BINARY[%v]: %d bytes, announced %d", p, len(got), n)
+			}
+		}
+		cand := &candidate{c: testContent(msg)}
+		cand.parseHeader()
+		cand.parseBody()
+		if len(cand.body) > maxSearchText+maxMIMEParts {
+			t.Fatalf("%d bytes of search text", len(cand.body))
+		}
+	})
+}
+
+// checkEntity checks that e lies within [lo, hi) and its parts within its
+// body, in order.
+func checkEntity(t *testing.T, e *entity, lo, hi int64) {
+	t.Helper()
+	if e.hdrStart < lo || e.bodyStart < e.hdrStart || e.end < e.bodyStart || e.end > hi {
+		t.Fatalf("entity %d-%d-%d outside %d-%d", e.hdrStart, e.bodyStart, e.end, lo, hi)
+	}
+	if e.msg != nil {
+		checkEntity(t, e.msg, e.bodyStart, e.end)
+	}
+	at := e.bodyStart
+	for _, c := range e.children {
+		checkEntity(t, c, at, e.end)
+		at = c.end
+	}
+}
+
+func checkNoEmptyMultipart(t *testing.T, bs imap.BodyStructure) {
+	t.Helper()
+	switch bs := bs.(type) {
+	case *imap.BodyStructureMultiPart:
+		if len(bs.Children) == 0 || bs.Extended == nil {
+			t.Fatalf("multipart BODYSTRUCTURE %+v", bs)
+		}
+		for _, c := range bs.Children {
+			checkNoEmptyMultipart(t, c)
+		}
+	case *imap.BodyStructureSinglePart:
+		if bs.Extended == nil {
+			t.Fatalf("part without extension data %+v", bs)
+		}
+		if bs.MessageRFC822 != nil {
+			checkNoEmptyMultipart(t, bs.MessageRFC822.BodyStructure)
+		}
+	}
+}
+
+// loadSeedFiles reads single-[]byte corpus files ("go test fuzz v1").
+func loadSeedFiles(tb testing.TB, dir string) [][]byte {
+	tb.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, "*"))
+	var out [][]byte
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		if len(lines) != 2 || lines[0] != "go test fuzz v1" {
+			tb.Fatalf("%s: want a header and one []byte(...) line", f)
+		}
+		v := strings.TrimSuffix(strings.TrimPrefix(lines[1], "[]byte("), ")")
+		s, err := strconv.Unquote(v)
+		if err != nil {
+			tb.Fatalf("%s: %v", f, err)
+		}
+		out = append(out, []byte(s))
+	}
+	return out
 }
