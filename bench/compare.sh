@@ -45,14 +45,17 @@ PASS=benchpass
 WAIT_TIMEOUT=${WAIT_TIMEOUT:-1800} # seconds for any one wait
 [[ ${QUICK:-0} == 1 ]] && WAIT_TIMEOUT=${WAIT_TIMEOUT_QUICK:-300}
 
-# Loopback ports; nothing here uses the standard ones.
-RELAY_SMTP=127.0.0.1:12525
-RELAY_SUBMISSION=127.0.0.1:12587
-RELAY_IMAP=127.0.0.1:12143
-PF_SMTP=127.0.0.1:10025
-DV_IMAP=127.0.0.1:10143
-SINK_PORT=10026 # smtp-sink, the forwarding destination (sink.test)
-DOWN_PORT=10027 # closed at first, for deferred mail (down.test)
+# Loopback ports; nothing here uses the standard ones. PORT_BASE moves them
+# all (default 23000: relay 23025/23587/23143, Postfix 23026, Dovecot
+# 23144, smtp-sink 23027, the closed port 23028).
+PORT_BASE=${PORT_BASE:-23000}
+RELAY_SMTP=127.0.0.1:$((PORT_BASE + 25))
+RELAY_SUBMISSION=127.0.0.1:$((PORT_BASE + 587))
+RELAY_IMAP=127.0.0.1:$((PORT_BASE + 143))
+PF_SMTP=127.0.0.1:$((PORT_BASE + 26))
+DV_IMAP=127.0.0.1:$((PORT_BASE + 144))
+SINK_PORT=$((PORT_BASE + 27)) # smtp-sink, the forwarding destination (sink.test)
+DOWN_PORT=$((PORT_BASE + 28)) # closed at first, for deferred mail (down.test)
 
 ALL_PARTS="smtp e2e forward deferred imap"
 PARTS=${*:-$ALL_PARTS}
@@ -107,6 +110,14 @@ wait_port() { wait_for "$1 to listen" "${2:-30}" port_open "$1"; }
 port_closed() { ! port_open "$1"; }
 
 # ---- setup ----------------------------------------------------------------
+
+# ports_free: every port this script uses must be free before it starts.
+ports_free() {
+	local a
+	for a in "$RELAY_SMTP" "$RELAY_SUBMISSION" "$RELAY_IMAP" "$PF_SMTP" "$DV_IMAP" "127.0.0.1:$SINK_PORT" "127.0.0.1:$DOWN_PORT"; do
+		port_closed "$a" || die "$a is in use; set PORT_BASE to move this script's ports (now $PORT_BASE)"
+	done
+}
 
 need_tools() {
 	[[ $(id -u) == 0 ]] || die "run as root (installs packages, starts Postfix and Dovecot)"
@@ -654,6 +665,7 @@ main() {
 		[[ " $ALL_PARTS " == *" $p "* ]] || die "unknown part '$p' (parts: $ALL_PARTS)"
 	done
 	need_tools
+	ports_free
 	W=$(mktemp -d /tmp/relay-compare.XXXXXX)
 	chmod 755 "$W"
 	MAIL=$W/mail
