@@ -7,6 +7,7 @@ package dsn
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -70,9 +71,23 @@ func StatusOf(reply, def string) string {
 	return def
 }
 
+// ErrNoRecipients is Build's answer to a report on nobody.
+var ErrNoRecipients = errors.New("dsn: a report needs at least one recipient")
+
+// maxHeaderCopy bounds what RET=HDRS returns of an original whose header
+// section never ends (go-message's default header limit).
+const maxHeaderCopy = 1 << 20
+
 // Build writes the notification; original is the queued message (it is
-// read up to its header for RET=HDRS).
+// read up to its header for RET=HDRS). Every value of r becomes one line
+// of printable text: ENVID and ORCPT come from the client (xtext-decoded,
+// RFC 3461 §4), and a CR or LF in them would either add fields to the
+// report or, refused by go-message, lose the notice.
 func Build(w io.Writer, r *Report, original io.Reader) error {
+	if len(r.Recipients) == 0 {
+		return ErrNoRecipients
+	}
+	r = clean(r)
 	var h message.Header
 	h.Set("From", fmt.Sprintf("Mail Delivery System <MAILER-DAEMON@%s>", r.ReportingMTA))
 	h.Set("To", "<"+r.To+">")
@@ -238,14 +253,39 @@ func origRcpt(s string) string {
 	return strings.ToLower(typ) + "; " + addr
 }
 
+// oneLine turns s into one line of text: control characters become
+// spaces, and runs of white space one space.
 func oneLine(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
 	return strings.Join(strings.Fields(s), " ")
 }
 
+// clean returns a copy of r with every text value made one line.
+func clean(r *Report) *Report {
+	c := *r
+	for _, p := range []*string{&c.ReportingMTA, &c.To, &c.QueueID, &c.NoticeID, &c.EnvID} {
+		*p = oneLine(*p)
+	}
+	c.Recipients = make([]Recipient, len(r.Recipients))
+	for i, rc := range r.Recipients {
+		for _, p := range []*string{&rc.Address, &rc.ORcpt, &rc.Status, &rc.Diagnostic, &rc.RemoteMTA} {
+			*p = oneLine(*p)
+		}
+		rc.Action = Action(oneLine(string(rc.Action)))
+		c.Recipients[i] = rc
+	}
+	return &c
+}
+
 // copyHeader copies the header section of original, up to and including the
-// blank line.
+// blank line, and at most maxHeaderCopy bytes of it.
 func copyHeader(w io.Writer, original io.Reader) error {
-	br := bufio.NewReader(original)
+	br := bufio.NewReader(io.LimitReader(original, maxHeaderCopy))
 	for {
 		line, err := br.ReadBytes('\n')
 		w.Write(line)
