@@ -170,8 +170,15 @@ func TestParseNonASCIIFoldsToASCII(t *testing.T) {
 	}
 }
 
-// FuzzParse: Parse never panics, fails only with its two errors, and what it
-// accepts is valid UTF-8 that parses again to the same Address.
+// FuzzParse: Parse never panics and fails only with its two errors,
+// ErrUTF8 only without SMTPUTF8 and only for input that is otherwise
+// valid. What it accepts is the input split at its last "@" with the
+// domain lower-cased; the local part has no control or space (RFC 5321
+// §4.1.2) and at most 256 bytes; the domain is an address literal or
+// dot-separated labels of 1 to 63 letters, digits, hyphens (not at either
+// end) or UTF-8, at most 255 bytes (RFC 5321 §4.1.3, §4.5.3.1); it is
+// ASCII unless SMTPUTF8 was declared; it is accepted with SMTPUTF8 too;
+// and it parses again to itself.
 func FuzzParse(f *testing.F) {
 	for _, s := range loadParseSeeds(f, "../../testdata/fuzz/FuzzParse") {
 		f.Add(s.in, s.utf8ok)
@@ -182,16 +189,24 @@ func FuzzParse(f *testing.F) {
 			if !errors.Is(err, addr.ErrSyntax) && !errors.Is(err, addr.ErrUTF8) {
 				t.Fatalf("Parse(%q) returned unexpected error %v", in, err)
 			}
-			if errors.Is(err, addr.ErrUTF8) && utf8ok {
-				t.Fatalf("Parse(%q, true) = ErrUTF8", in)
+			if errors.Is(err, addr.ErrUTF8) {
+				if utf8ok {
+					t.Fatalf("Parse(%q, true) = ErrUTF8", in)
+				}
+				if _, err := addr.Parse(in, true); err != nil {
+					t.Fatalf("Parse(%q, false) = ErrUTF8 but Parse(%q, true): %v", in, in, err)
+				}
+			}
+			if a != (addr.Address{}) {
+				t.Fatalf("Parse(%q) returned %+v with its error", in, a)
 			}
 			return
 		}
-		if a.Local == "" || a.Domain == "" || !utf8.ValidString(a.String()) {
-			t.Fatalf("Parse(%q) = %+v", in, a)
-		}
-		if !utf8ok && !a.IsASCII() {
-			t.Fatalf("Parse(%q, false) accepted non-ASCII %q", in, a)
+		checkAccepted(t, in, a, utf8ok)
+		if !utf8ok {
+			if b, err := addr.Parse(in, true); err != nil || b != a {
+				t.Fatalf("Parse(%q, false) = %+v but Parse(%q, true) = %+v, %v", in, a, in, b, err)
+			}
 		}
 		b, err := addr.Parse(a.String(), utf8ok)
 		if err != nil {
@@ -201,6 +216,45 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse(%q) = %+v, but Parse(%q) = %+v", in, a, a.String(), b)
 		}
 	})
+}
+
+// checkAccepted checks the properties of an address Parse accepted.
+func checkAccepted(t *testing.T, in string, a addr.Address, utf8ok bool) {
+	t.Helper()
+	at := strings.LastIndexByte(in, '@')
+	if at < 0 || a.Local != in[:at] || a.Domain != strings.ToLower(in[at+1:]) {
+		t.Fatalf("Parse(%q) = %q @ %q: not the input split at its last @", in, a.Local, a.Domain)
+	}
+	if !utf8.ValidString(a.String()) || a.Local == "" || len(a.Local) > 256 || len(a.Domain) > 255 {
+		t.Fatalf("Parse(%q) = %+v", in, a)
+	}
+	for _, c := range []byte(a.Local) {
+		if c < 0x21 || c == 0x7f {
+			t.Fatalf("Parse(%q): local part %q holds byte %#x", in, a.Local, c)
+		}
+	}
+	if !utf8ok && !a.IsASCII() {
+		t.Fatalf("Parse(%q, false) accepted non-ASCII %q", in, a)
+	}
+	if a.IsLiteral() != strings.HasPrefix(a.Domain, "[") {
+		t.Fatalf("Parse(%q): IsLiteral %v for domain %q", in, a.IsLiteral(), a.Domain)
+	}
+	if a.IsLiteral() {
+		if !strings.HasSuffix(a.Domain, "]") {
+			t.Fatalf("Parse(%q): literal %q", in, a.Domain)
+		}
+		return
+	}
+	for _, label := range strings.Split(a.Domain, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			t.Fatalf("Parse(%q): bad label %q in %q", in, label, a.Domain)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r >= 0x80) {
+				t.Fatalf("Parse(%q): label %q holds %q", in, label, r)
+			}
+		}
+	}
 }
 
 type parseSeed struct {
