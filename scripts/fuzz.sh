@@ -6,7 +6,7 @@
 #
 # go test -fuzz writes a failing input to PKG/testdata/fuzz/FuzzName/; the
 # seeds live at the module root, in testdata/fuzz/FuzzName/, so move it
-# there to keep it as a regression seed. FUZZMINIMIZETIME (default 10s)
+# there to keep it as a regression seed. FUZZMINIMIZETIME (default 1s)
 # bounds the minimising of each new input, which otherwise takes up to a
 # minute and, on slow targets, most of the run.
 set -euo pipefail
@@ -18,7 +18,7 @@ case $secs in
 	exit 2
 	;;
 esac
-minimize=${FUZZMINIMIZETIME:-10s}
+minimize=${FUZZMINIMIZETIME:-1s}
 
 cd "$(dirname "$0")/.."
 

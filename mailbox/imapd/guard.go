@@ -121,6 +121,9 @@ func (g *guardConn) Read(p []byte) (int, error) {
 	if g.handedOver.Load() {
 		return 0, io.EOF
 	}
+	if len(p) == 0 {
+		return 0, nil
+	}
 	for {
 		if err := g.commandFinished(); err != nil {
 			return 0, err
