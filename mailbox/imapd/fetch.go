@@ -241,9 +241,12 @@ func (c *content) headerBytes(e *entity, sec *imap.FetchItemBodySection) []byte 
 		if err != nil {
 			return nil
 		}
-		if !bytes.HasSuffix(b, []byte("\n\n")) && !bytes.HasSuffix(b, []byte("\n\r\n")) && !bytes.Equal(b, []byte("\r\n")) && !bytes.Equal(b, []byte("\n")) {
-			// A header section cut off by the end of its part still
-			// ends with a blank line, as RFC 9051 §6.4.5 has it.
+		// A header section cut off by the end of its part still ends
+		// with a line ending and a blank line, as RFC 9051 §6.4.5 has it.
+		if len(b) > 0 && b[len(b)-1] != '\n' {
+			b = append(b, '\r', '\n')
+		}
+		if !bytes.HasSuffix(b, []byte("\n\n")) && !bytes.HasSuffix(b, []byte("\n\r\n")) && string(b) != "\r\n" && string(b) != "\n" {
 			b = append(b, '\r', '\n')
 		}
 		return b

@@ -337,3 +337,23 @@ func TestRestOfLineAfterFailedLiteral(t *testing.T) {
 	}
 	rc.ok("NOOP")
 }
+
+// TestStartTLSRefusesOldVersions: STARTTLS uses the configuration from
+// internal/tlsconf, whose floor is TLS 1.2 (RFC 8996 deprecates 1.0 and
+// 1.1, RFC 9051 §11.1 asks for 1.2 at least): a TLS 1.1 client fails
+// the handshake.
+func TestStartTLSRefusesOldVersions(t *testing.T) {
+	t.Parallel()
+	ts, cliTLS := tlsServer(t)
+	rc := dialRaw(t, ts.addr)
+	if _, st := rc.run("STARTTLS"); !strings.HasPrefix(st, "OK") {
+		t.Fatalf("STARTTLS: %q", st)
+	}
+	old := cliTLS.Clone()
+	old.MinVersion, old.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
+	tc := tls.Client(rc.c, old)
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := tc.Handshake(); err == nil {
+		t.Fatalf("TLS %x handshake succeeded", tc.ConnectionState().Version)
+	}
+}

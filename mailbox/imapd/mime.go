@@ -13,8 +13,9 @@ import (
 )
 
 // Limits on the MIME structure FETCH and SEARCH see in a message, so that
-// a MIME bomb costs one bounded pass over its bytes. Like Dovecot's, a
-// part beyond them is an opaque text/plain body holding the rest.
+// a MIME bomb costs one bounded pass over its bytes. The depth and part
+// limits are those of Dovecot's message parser; as there, what lies beyond
+// them is an opaque text/plain body.
 const (
 	// maxMIMEDepth bounds the nesting of multiparts and attached
 	// messages; a container at this depth is an opaque leaf.
@@ -62,7 +63,6 @@ func (e *entity) isMultipart() bool { return e.children != nil }
 type frame struct {
 	e        *entity
 	boundary string // multipart only
-	started  bool   // a first delimiter was seen (the preamble is over)
 	closed   bool   // the close delimiter was seen (the epilogue follows)
 }
 
@@ -90,7 +90,7 @@ func parseMIME(r io.Reader) *entity {
 	for {
 		line, err := p.r.ReadSlice('\n')
 		if len(line) > 0 {
-			p.line(line, err == nil)
+			p.line(line, err == nil, err == io.EOF)
 		}
 		if err != nil && err != bufio.ErrBufferFull {
 			break
@@ -113,9 +113,9 @@ func (p *mimeParser) newEntity(off int64, depth int) *entity {
 	return e
 }
 
-// line handles one line, or a piece of a long one (whole is false for all
-// but its last piece).
-func (p *mimeParser) line(b []byte, whole bool) {
+// line handles one line, or a piece of a long one: whole says it ends in
+// LF, last that it ends the message without one.
+func (p *mimeParser) line(b []byte, whole, last bool) {
 	lo, nlBefore, atStart := p.off, p.nl, p.lineStart
 	p.off += int64(len(b))
 	p.lineStart = whole
@@ -132,8 +132,10 @@ func (p *mimeParser) line(b []byte, whole bool) {
 			p.lastEOL = eol
 		}
 	}()
-	if whole && atStart && !p.frozen && bytes.HasPrefix(b, []byte("--")) {
-		if i, closing, ok := p.delimiter(b[:len(b)-int(eol)]); ok {
+	// A close delimiter may end the message without a line ending, as
+	// go-message allows.
+	if (whole || last) && atStart && !p.frozen && bytes.HasPrefix(b, []byte("--")) {
+		if i, closing, ok := p.delimiter(b[:len(b)-int(eol)]); ok && (whole || closing) {
 			p.onDelimiter(i, closing, lo-p.lastEOL, nlBefore-min(p.lastEOL, 1))
 			return
 		}
@@ -187,7 +189,6 @@ func (p *mimeParser) onDelimiter(i int, closing bool, end, nlEnd int64) {
 		p.cur, p.inHeader = f.e, false
 		return
 	}
-	f.started = true
 	f.e.children = append(f.e.children, p.newEntity(p.off, f.e.depth+1))
 }
 
@@ -230,7 +231,7 @@ func (p *mimeParser) finish(e *entity, end, nlEnd int64) {
 func (p *mimeParser) endHeader(e *entity, bodyStart, nl int64, cut bool) {
 	p.inHeader = false
 	e.bodyStart, e.end, e.nlAtBody = bodyStart, bodyStart, nl
-	e.header = parseHeader(e.rawHeader)
+	e.header = parseHeader(e.rawHeader, e.headerFull)
 	e.rawHeader = nil
 	parent := ""
 	if n := len(p.stack); n > 0 && !p.stack[n-1].closed && p.stack[n-1].boundary != "" {
@@ -260,14 +261,17 @@ func (p *mimeParser) endHeader(e *entity, bodyStart, nl int64, cut bool) {
 	}
 }
 
-// parseHeader parses collected header bytes; a field cut by
-// maxPartHeader is dropped.
-func parseHeader(raw []byte) textproto.Header {
+// parseHeader parses collected header bytes; a line cut by maxPartHeader
+// is dropped.
+func parseHeader(raw []byte, cut bool) textproto.Header {
+	if cut {
+		raw = raw[:bytes.LastIndexByte(raw, '\n')+1]
+	}
 	if len(raw) == 0 {
 		return textproto.Header{}
 	}
-	if i := bytes.LastIndexByte(raw, '\n'); i < len(raw)-1 {
-		raw = raw[:i+1]
+	if raw[len(raw)-1] != '\n' {
+		raw = append(raw, '\r', '\n')
 	}
 	raw = append(raw, '\r', '\n')
 	h, _ := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(raw)))
@@ -351,7 +355,7 @@ func parseTop(r io.Reader, size int64) *entity {
 	for p.cur == root && p.inHeader {
 		line, err := p.r.ReadSlice('\n')
 		if len(line) > 0 {
-			p.line(line, err == nil)
+			p.line(line, err == nil, err == io.EOF)
 		}
 		if err != nil && err != bufio.ErrBufferFull {
 			break

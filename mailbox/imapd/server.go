@@ -38,7 +38,8 @@ type Config struct {
 	// PlainAuthNets are the client networks that may log in without TLS;
 	// elsewhere LOGINDISABLED is advertised until STARTTLS. Default loopback.
 	PlainAuthNets []netip.Prefix
-	// Throttle slows down repeated login failures (shared with SMTP).
+	// Throttle slows down repeated login failures and, past its Limit,
+	// refuses logins for a while (shared with SMTP); nil does neither.
 	Throttle *throttle.Throttle
 	// AppendLimit is the largest message APPEND accepts.
 	AppendLimit uint32
