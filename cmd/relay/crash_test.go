@@ -119,19 +119,7 @@ func TestCrashKill9(t *testing.T) {
 	addUsers(t, data, "bob@localhost")
 	srv := startServer(t, data)
 
-	load := &crashLoad{started: map[string]bool{}, acked: map[string]bool{}}
-	var wg sync.WaitGroup
-	for g := range clients {
-		wg.Go(func() { load.client(srv.addr, g) })
-	}
-	time.Sleep(1500 * time.Millisecond)
-	load.killed.Store(true)
-	srv.kill()
-	waitGroup(t, &wg, 30*time.Second)
-
-	for _, err := range load.early {
-		t.Errorf("before the kill: %v", err)
-	}
+	load := loadFor(t, srv, clients, 1500*time.Millisecond, srv.kill)
 	t.Logf("%d messages acknowledged, %d more sent without an answer before SIGKILL", len(load.acked), len(load.started)-len(load.acked))
 	if len(load.acked) < clients {
 		t.Fatalf("only %d messages were acknowledged in 1.5s; the crash test needs load", len(load.acked))
@@ -190,6 +178,26 @@ func TestCrashKill9(t *testing.T) {
 	if len(after) != len(before) {
 		t.Errorf("%d crash-test messages stored before the restart, %d after", len(before), len(after))
 	}
+}
+
+// loadFor runs clients concurrent senders against srv for d, then calls
+// stop (a kill, a SIGTERM) and waits for the clients to end. Failures before
+// stop fail the test; after it they are expected.
+func loadFor(t *testing.T, srv *server, clients int, d time.Duration, stop func()) *crashLoad {
+	t.Helper()
+	load := &crashLoad{started: map[string]bool{}, acked: map[string]bool{}}
+	var wg sync.WaitGroup
+	for g := range clients {
+		wg.Go(func() { load.client(srv.addr, g) })
+	}
+	time.Sleep(d)
+	load.killed.Store(true)
+	stop()
+	waitGroup(t, &wg, 30*time.Second)
+	for _, err := range load.early {
+		t.Errorf("before the stop: %v", err)
+	}
+	return load
 }
 
 // mustListQueue is listQueue without the raw output.

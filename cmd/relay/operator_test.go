@@ -23,7 +23,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -453,21 +452,14 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	data := workDir(t)
 	addUsers(t, data, "bob@localhost")
 	srv := startServer(t, data)
-	load := &crashLoad{started: map[string]bool{}, acked: map[string]bool{}}
-	var wg sync.WaitGroup
-	for g := range clients {
-		wg.Go(func() { load.client(srv.addr, g) })
-	}
-	time.Sleep(1500 * time.Millisecond)
-	load.killed.Store(true) // from here on, client errors are expected
-	start := time.Now()
-	srv.stop()
-	if d := time.Since(start); d > 15*time.Second {
-		t.Errorf("relay serve took %v to stop after SIGTERM, want at most 15s", d)
-	}
-	waitGroup(t, &wg, 30*time.Second)
-	for _, err := range load.early {
-		t.Errorf("before SIGTERM: %v", err)
+	var stopped time.Duration
+	load := loadFor(t, srv, clients, 1500*time.Millisecond, func() {
+		start := time.Now()
+		srv.stop()
+		stopped = time.Since(start)
+	})
+	if stopped > 15*time.Second {
+		t.Errorf("relay serve took %v to stop after SIGTERM, want at most 15s", stopped)
 	}
 	if len(load.acked) < clients {
 		t.Fatalf("only %d messages acknowledged before SIGTERM; the test needs load", len(load.acked))
