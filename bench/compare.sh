@@ -5,14 +5,18 @@
 #   bench/compare.sh [PART...]     PART: smtp e2e forward deferred imap (default: all)
 #   QUICK=1 bench/compare.sh       every part with small counts, in a few minutes
 #
-# Sizes and knobs (environment): N (messages for smtp, e2e, forward; 20000),
-# DEFERRED (messages for deferred; 100000), MAILBOX (messages per IMAP
-# mailbox; 10000), C (SMTP sessions; 20), SIZE (bytes; 4096), USERS
+# Sizes and knobs (environment): N (messages for smtp, e2e, forward;
+# 20000), DEFERRED (messages for deferred; 100000), MAILBOX (messages per
+# IMAP mailbox; 10000), C (SMTP sessions; 20), SIZE (bytes; 4096), USERS
 # (recipients spread over; 10), IMAP_USERS (4), IMAP_C (IMAP clients; 20),
-# IMAP_DURATION (30s), PIPELINING (relay-bench -pipelining for smtp; both
-# rows are measured when unset), KEEP=1 (keep the work directory),
-# RESULTS (copy the results table and the JSON summaries to this directory),
-# RELAY_BIN (a relay binary to use instead of building ./cmd/relay).
+# IMAP_DURATION (30s), IMAP_OPS (the operation mix of the main IMAP load),
+# IMAP_SEARCH_C (clients of the text-search load; 2), PIPELINING (only
+# this relay-bench -pipelining value in smtp; both when unset),
+# PF_IN_FLOW_DELAY (Postfix in_flow_delay; 0s), PORT_BASE (23000),
+# WAIT_TIMEOUT (seconds for any one wait), KEEP=1 (keep the work
+# directory), RESULTS (copy the results table and the JSON summaries to
+# this directory), RELAY_BIN (a relay binary to use instead of building
+# ./cmd/relay).
 #
 # Needs root: it installs postfix and dovecot-imapd from Debian when they
 # are missing, creates the system user relaybench (the owner of the test
@@ -36,6 +40,9 @@ USERS=${USERS:-10}
 IMAP_USERS=${IMAP_USERS:-4}
 IMAP_C=${IMAP_C:-20}
 IMAP_DURATION=${IMAP_DURATION:-30s}
+IMAP_OPS=${IMAP_OPS:-select:5,fetch-headers:30,fetch-body:30,search-unseen:5,store:20,append:10}
+IMAP_SEARCH_C=${IMAP_SEARCH_C:-2}
+IMAP_SEARCH_DURATION=${IMAP_SEARCH_DURATION:-$IMAP_DURATION}
 PIPELINING=${PIPELINING:-}
 # Postfix pauses a session for in_flow_delay (1s by default) before it
 # accepts a message while mail arrives faster than it leaves; 0 measures
@@ -558,7 +565,7 @@ part_deferred() {
 	port_closed "127.0.0.1:$DOWN_PORT" || die "port $DOWN_PORT is in use; deferred needs it closed"
 	drain
 	stop_relay
-	local rd=$W/relay-deferred t0 rss rrss prss rstart pstart rflush pflush
+	local rd=$W/relay-deferred t0 rrss rrss2 prss prss2 rstart pstart rflush pflush
 	relay_users "$rd"
 	start_relay "$rd" --retry-first 1h --retry-max 1h
 	bench deferred-relay smtp -addr "$RELAY_SUBMISSION" -auth "user0@localhost:$PASS" -domain down.test -n "$DEFERRED" $(smtp_flags)
@@ -570,6 +577,9 @@ part_deferred() {
 	stop_relay
 	start_relay "$rd" --retry-first 1h --retry-max 1h
 	rstart=$RELAY_START
+	sleep 2
+	rrss2=$(rss_of "$RELAY_PID")
+	note "relay after the restart: RSS $(mib "$rrss2") MiB"
 	start_sink "$DOWN_PORT"
 	t0=$(now)
 	"$RELAY" queue flush --data "$rd" >/dev/null
@@ -588,6 +598,9 @@ part_deferred() {
 	t0=$(now)
 	start_postfix
 	pstart=$(since "$t0")
+	sleep 2
+	prss2=$(pf_pss)
+	note "postfix after the restart: PSS $(mib "$prss2") MiB ($(pf_procs))"
 	start_sink "$DOWN_PORT"
 	t0=$(now)
 	postqueue -c "$PFC" -f
@@ -596,11 +609,18 @@ part_deferred() {
 	stop_sink
 
 	result "deferred: memory MiB, $DEFERRED queued (RSS / PSS)" "$(mib "$rrss")" "$(mib "$prss")" MiB lower
+	result "deferred: memory MiB after a restart" "$(mib "$rrss2")" "$(mib "$prss2")" MiB lower
 	result "deferred: restart s (exec until listening)" "$rstart" "$pstart" s lower
 	result "deferred: flush msgs/s (until smtp-sink has all)" "$(per_sec "$DEFERRED" "$rflush")" "$(per_sec "$DEFERRED" "$pflush")" msgs/s higher
 
 	# Back to the main relay for the parts after this one.
 	start_relay "$W/relay-main"
+}
+
+# imap_p50 OP RELAY_JSON PEER_JSON: the median latency of OP in two runs.
+imap_p50() {
+	local get="[\"per_op\"].get(\"$1\", {}).get(\"latency\", {}).get(\"p50_ms\", 0)"
+	result "imap $1 p50 ms" "$(json "$W/json/$2.json" "$get")" "$(json "$W/json/$3.json" "$get")" ms lower
 }
 
 relay_all_tried() { (($(relay_unattempted) == 0)); }
@@ -612,7 +632,7 @@ part_imap() {
 	log "e. IMAP: $IMAP_C clients on $IMAP_USERS INBOXes of $MAILBOX messages, $IMAP_DURATION"
 	drain
 	stop_relay
-	local rd=$W/relay-imap i users=() op
+	local rd=$W/relay-imap i op
 	relay_users "$rd"
 	start_relay "$rd"
 	# Dovecot's test INBOXes start empty, like the relay's.
@@ -622,15 +642,23 @@ part_imap() {
 	result "imap-fill APPEND msgs/s (4 connections)" \
 		"$(json "$W/json/fill-relay.json" '["msgs_per_sec"]')" \
 		"$(json "$W/json/fill-dovecot.json" '["msgs_per_sec"]')" msgs/s higher
-	bench imap-relay imap -addr "$RELAY_IMAP" -users "$IMAP_USERS" -pass "$PASS" -c "$IMAP_C" -duration "$IMAP_DURATION" -quiet
-	bench imap-dovecot imap -addr "$DV_IMAP" -users "$IMAP_USERS" -pass "$PASS" -c "$IMAP_C" -duration "$IMAP_DURATION" -quiet
-	result "imap ops/s (all operations)" \
+	local mix=(-ops "$IMAP_OPS" -c "$IMAP_C" -duration "$IMAP_DURATION")
+	bench imap-relay imap -addr "$RELAY_IMAP" -users "$IMAP_USERS" -pass "$PASS" "${mix[@]}" -quiet
+	bench imap-dovecot imap -addr "$DV_IMAP" -users "$IMAP_USERS" -pass "$PASS" "${mix[@]}" -quiet
+	result "imap ops/s ($IMAP_C clients, mix without text search)" \
 		"$(json "$W/json/imap-relay.json" '["ops_per_sec"]')" \
 		"$(json "$W/json/imap-dovecot.json" '["ops_per_sec"]')" ops/s higher
-	for op in select fetch-headers fetch-body search-subject search-body search-unseen store append expunge; do
-		result "imap $op p50 ms" \
-			"$(json "$W/json/imap-relay.json" "[\"per_op\"].get(\"$op\", {}).get(\"latency\", {}).get(\"p50_ms\", 0)")" \
-			"$(json "$W/json/imap-dovecot.json" "[\"per_op\"].get(\"$op\", {}).get(\"latency\", {}).get(\"p50_ms\", 0)")" ms lower
+	for op in select fetch-headers fetch-body search-unseen store append expunge; do
+		imap_p50 "$op" imap-relay imap-dovecot
+	done
+	local search=(-ops search-subject:1,search-body:1 -c "$IMAP_SEARCH_C" -duration "$IMAP_SEARCH_DURATION")
+	bench search-relay imap -addr "$RELAY_IMAP" -users "$IMAP_USERS" -pass "$PASS" "${search[@]}" -quiet
+	bench search-dovecot imap -addr "$DV_IMAP" -users "$IMAP_USERS" -pass "$PASS" "${search[@]}" -quiet
+	result "imap text search ops/s ($IMAP_SEARCH_C clients)" \
+		"$(json "$W/json/search-relay.json" '["ops_per_sec"]')" \
+		"$(json "$W/json/search-dovecot.json" '["ops_per_sec"]')" ops/s higher
+	for op in search-subject search-body; do
+		imap_p50 "$op" search-relay search-dovecot
 	done
 	stop_relay
 	start_relay "$W/relay-main"
@@ -685,6 +713,7 @@ main() {
 	note "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
 	for p in $PARTS; do
 		"part_$p"
+		note "load average after $p: $(cut -d' ' -f1-3 /proc/loadavg)"
 	done
 }
 
