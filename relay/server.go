@@ -219,6 +219,7 @@ func (s *Server) listen() error {
 			Throttle:    s.authThrottle,
 			AppendLimit: uint32(min(s.cfg.MaxMessageSize, 1<<32-1)),
 			Log:         s.log.With("listener", l.name),
+			Metrics:     s.metrics,
 		}, s.boxes)
 		s.imaps = append(s.imaps, imapListener{l.name, srv, ln})
 	}

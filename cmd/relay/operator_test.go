@@ -27,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	dto "github.com/prometheus/client_model/go"
@@ -530,7 +531,7 @@ func TestMetrics(t *testing.T) {
 	t.Parallel()
 	data := filepath.Join(workDir(t), "data")
 	addUsers(t, data, "alice@localhost", "bob@localhost")
-	srv := startServer(t, data, append([]string{"--http", "127.0.0.1:0", "--submission", "127.0.0.1:0"}, remoteFlags...)...)
+	srv := startServer(t, data, append([]string{"--http", "127.0.0.1:0", "--submission", "127.0.0.1:0", "--imap", "127.0.0.1:0"}, remoteFlags...)...)
 	httpAddr := srv.listener(t, "http")
 
 	srv.send(t, "a@localhost", []string{"bob@localhost"}, crlf("Subject: counted\n\nx\n"))
@@ -550,6 +551,14 @@ func TestMetrics(t *testing.T) {
 		t.Fatal("AUTH with a wrong password succeeded")
 	}
 	sc.Close()
+	ic, err := imapclient.DialInsecure(srv.listener(t, "imap"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ic.Login("alice@localhost", "wrong").Wait(); err == nil {
+		t.Fatal("IMAP LOGIN with a wrong password succeeded")
+	}
+	ic.Close()
 	srv.submit(t, "alice@localhost", []string{"far@example.test"}, crlf("Subject: deferred\n\nx\n"))
 
 	var fams map[string]*dto.MetricFamily
@@ -581,6 +590,8 @@ func TestMetrics(t *testing.T) {
 		{"relay_sessions_total", map[string]string{"listener": "submission"}, 2},
 		{"relay_sessions_active", map[string]string{"listener": "smtp"}, 0},
 		{"relay_auth_failures_total", map[string]string{"proto": "smtp"}, 1},
+		{"relay_auth_failures_total", map[string]string{"proto": "imap"}, 1},
+		{"relay_sessions_total", map[string]string{"listener": "imap"}, 1},
 	} {
 		if v := metricValue(fams, tc.name, tc.labels); v < tc.min {
 			t.Errorf("%s%v = %v, want at least %v", tc.name, tc.labels, v, tc.min)

@@ -27,6 +27,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 
+	"github.com/relaymail/relay/internal/metrics"
 	"github.com/relaymail/relay/internal/throttle"
 	"github.com/relaymail/relay/mailbox"
 )
@@ -45,6 +46,8 @@ type Config struct {
 	AppendLimit uint32
 	// Log receives one line per login and failure.
 	Log *slog.Logger
+	// Metrics counts failed logins; nil counts nothing.
+	Metrics *metrics.Registry
 }
 
 // Server serves IMAP on listeners.

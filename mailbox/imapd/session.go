@@ -114,12 +114,14 @@ func (s *session) Login(username, password string) error {
 	if t != nil {
 		if blocked, retry := t.Blocked(keys...); blocked {
 			s.srv.cfg.Log.Warn("imap login refused", "client", s.ip, "user", username, "retry_after", retry.Round(time.Second))
+			s.srv.cfg.Metrics.AuthFailure("imap")
 			return errLoginBlocked
 		}
 	}
 	user, err := s.srv.boxes.Authenticate(username, password)
 	if err != nil {
 		s.srv.cfg.Log.Warn("imap login failed", "client", s.ip, "user", username)
+		s.srv.cfg.Metrics.AuthFailure("imap")
 		if t != nil {
 			t.Fail(context.Background(), keys...)
 		}
