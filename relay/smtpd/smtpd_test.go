@@ -943,7 +943,9 @@ func (rc *rawConn) readReply(d time.Duration) ([]string, error) {
 // reply reads one reply and returns its last line.
 func (rc *rawConn) reply() string {
 	rc.t.Helper()
-	lines, err := rc.readReply(5 * time.Second)
+	// A hang guard: an AUTH reply waits for bcrypt, about a second under
+	// -race and several on a loaded machine.
+	lines, err := rc.readReply(30 * time.Second)
 	if err != nil {
 		rc.t.Fatalf("read reply: %v (after %q)", err, lines)
 	}
