@@ -164,6 +164,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	conns   map[*trackedConn]struct{}
+	lns     []net.Listener
 	closing bool // guarded by mu: Shutdown has begun
 }
 
@@ -200,13 +201,21 @@ func (s *Server) Serve(l net.Listener) error {
 	if s.cfg.Conns != nil {
 		l = connlimit.Listen(l, s.cfg.Conns, s.refuseConn)
 	}
-	var ln net.Listener = &trackingListener{Listener: l, srv: s}
+	tl := &trackingListener{Listener: l, srv: s}
+	s.mu.Lock()
+	s.lns = append(s.lns, tl)
+	s.mu.Unlock()
+	var ln net.Listener = tl
 	if s.cfg.ImplicitTLS {
 		// Tracking sits under TLS, so go-smtp still sees a *tls.Conn.
 		ln = tls.NewListener(ln, s.cfg.TLS)
 	}
 	err := s.smtp.Serve(ln)
-	if errors.Is(err, smtp.ErrServerClosed) {
+	s.mu.Lock()
+	closing := s.closing
+	s.mu.Unlock()
+	if errors.Is(err, smtp.ErrServerClosed) || closing {
+		// Shutdown closed the listener before go-smtp knew.
 		return nil
 	}
 	return err
@@ -219,6 +228,10 @@ func (s *Server) Serve(l net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
+	// Listeners first, so that nobody connects after the 421s below.
+	for _, l := range s.lns {
+		l.Close()
+	}
 	idle := make([]*trackedConn, 0, len(s.conns))
 	for c := range s.conns {
 		if !c.inTxn.Load() {
@@ -258,9 +271,17 @@ func (s *Server) refuseConn(c net.Conn, err error) {
 }
 
 // trackingListener records open connections so Shutdown can drop them.
+// Shutdown closes it before go-smtp does, so closing is idempotent.
 type trackingListener struct {
 	net.Listener
-	srv *Server
+	srv       *Server
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func (l *trackingListener) Close() error {
+	l.closeOnce.Do(func() { l.closeErr = l.Listener.Close() })
+	return l.closeErr
 }
 
 func (l *trackingListener) Accept() (net.Conn, error) {
