@@ -472,7 +472,8 @@ drain() {
 	wait_for "Postfix's queue to empty" "$WAIT_TIMEOUT" pf_queue_empty
 }
 
-smtp_flags() { echo -c "$C" -size "$SIZE" -users "$USERS" -quiet; }
+# The relay-bench smtp flags every SMTP run shares.
+SMTP_FLAGS=(-c "$C" -size "$SIZE" -users "$USERS" -quiet)
 
 # ---- the parts ------------------------------------------------------------
 
@@ -483,9 +484,9 @@ part_smtp() {
 	[[ -n $PIPELINING ]] && pipes=("$PIPELINING")
 	for p in "${pipes[@]}"; do
 		drain
-		bench smtp-relay-pipe-$p smtp -addr "$RELAY_SMTP" -n "$N" $(smtp_flags) -pipelining="$p"
+		bench "smtp-relay-pipe-$p" smtp -addr "$RELAY_SMTP" -n "$N" "${SMTP_FLAGS[@]}" -pipelining="$p"
 		drain
-		bench smtp-postfix-pipe-$p smtp -addr "$PF_SMTP" -n "$N" $(smtp_flags) -pipelining="$p"
+		bench "smtp-postfix-pipe-$p" smtp -addr "$PF_SMTP" -n "$N" "${SMTP_FLAGS[@]}" -pipelining="$p"
 		result "smtp accept msgs/s (relay-bench, pipelining=$p)" \
 			"$(json "$W/json/smtp-relay-pipe-$p.json" '["msgs_per_sec"]')" \
 			"$(json "$W/json/smtp-postfix-pipe-$p.json" '["msgs_per_sec"]')" msgs/s higher
@@ -504,10 +505,10 @@ part_smtp() {
 part_e2e() {
 	log "b. accept plus local delivery until readable: $N messages"
 	drain
-	bench e2e-relay smtp -addr "$RELAY_SMTP" -n "$N" $(smtp_flags) -wait-imap "$RELAY_IMAP" -imap-pass "$PASS" \
+	bench e2e-relay smtp -addr "$RELAY_SMTP" -n "$N" "${SMTP_FLAGS[@]}" -wait-imap "$RELAY_IMAP" -imap-pass "$PASS" \
 		-wait-timeout "${WAIT_TIMEOUT}s"
 	drain
-	bench e2e-postfix smtp -addr "$PF_SMTP" -n "$N" $(smtp_flags) -wait-maildir "$MAIL" -wait-timeout "${WAIT_TIMEOUT}s"
+	bench e2e-postfix smtp -addr "$PF_SMTP" -n "$N" "${SMTP_FLAGS[@]}" -wait-maildir "$MAIL" -wait-timeout "${WAIT_TIMEOUT}s"
 	result "accept+deliver msgs/s (relay-bench; IMAP / Maildir)" \
 		"$(json "$W/json/e2e-relay.json" '["end_to_end"]["msgs_per_sec"]')" \
 		"$(json "$W/json/e2e-postfix.json" '["end_to_end"]["msgs_per_sec"]')" msgs/s higher
@@ -541,14 +542,14 @@ part_forward() {
 	drain
 	start_sink "$SINK_PORT"
 	t0=$(now)
-	bench forward-relay smtp -addr "$RELAY_SUBMISSION" -auth "user0@localhost:$PASS" -domain sink.test -n "$N" $(smtp_flags)
+	bench forward-relay smtp -addr "$RELAY_SUBMISSION" -auth "user0@localhost:$PASS" -domain sink.test -n "$N" "${SMTP_FLAGS[@]}"
 	wait_for "smtp-sink to get $N messages from the relay" "$WAIT_TIMEOUT" sink_has "$N"
 	r=$(since "$t0")
 	stop_sink
 	drain
 	start_sink "$SINK_PORT"
 	t0=$(now)
-	bench forward-postfix smtp -addr "$PF_SMTP" -domain sink.test -n "$N" $(smtp_flags)
+	bench forward-postfix smtp -addr "$PF_SMTP" -domain sink.test -n "$N" "${SMTP_FLAGS[@]}"
 	wait_for "smtp-sink to get $N messages from Postfix" "$WAIT_TIMEOUT" sink_has "$N"
 	s=$(since "$t0")
 	stop_sink
@@ -568,7 +569,7 @@ part_deferred() {
 	local rd=$W/relay-deferred t0 rrss rrss2 prss prss2 rstart pstart rflush pflush
 	relay_users "$rd"
 	start_relay "$rd" --retry-first 1h --retry-max 1h
-	bench deferred-relay smtp -addr "$RELAY_SUBMISSION" -auth "user0@localhost:$PASS" -domain down.test -n "$DEFERRED" $(smtp_flags)
+	bench deferred-relay smtp -addr "$RELAY_SUBMISSION" -auth "user0@localhost:$PASS" -domain down.test -n "$DEFERRED" "${SMTP_FLAGS[@]}"
 	note "waiting until the relay has tried each message once"
 	wait_for "the relay to try every message" "$WAIT_TIMEOUT" relay_all_tried
 	sleep 2
@@ -588,7 +589,7 @@ part_deferred() {
 	stop_sink
 	stop_relay
 
-	bench deferred-postfix smtp -addr "$PF_SMTP" -domain down.test -n "$DEFERRED" $(smtp_flags)
+	bench deferred-postfix smtp -addr "$PF_SMTP" -domain down.test -n "$DEFERRED" "${SMTP_FLAGS[@]}"
 	note "waiting until Postfix has deferred every message"
 	wait_for "Postfix to defer every message" "$WAIT_TIMEOUT" pf_all_deferred "$DEFERRED"
 	sleep 2
@@ -651,7 +652,7 @@ part_imap() {
 	for op in select fetch-headers fetch-body search-unseen store append expunge; do
 		imap_p50 "$op" imap-relay imap-dovecot
 	done
-	local search=(-ops search-subject:1,search-body:1 -c "$IMAP_SEARCH_C" -duration "$IMAP_SEARCH_DURATION")
+	local search=(-ops "search-subject:1,search-body:1" -c "$IMAP_SEARCH_C" -duration "$IMAP_SEARCH_DURATION")
 	bench search-relay imap -addr "$RELAY_IMAP" -users "$IMAP_USERS" -pass "$PASS" "${search[@]}" -quiet
 	bench search-dovecot imap -addr "$DV_IMAP" -users "$IMAP_USERS" -pass "$PASS" "${search[@]}" -quiet
 	result "imap text search ops/s ($IMAP_SEARCH_C clients)" \
