@@ -99,6 +99,13 @@ const (
 type Tx struct {
 	*badger.Txn
 	events []Event
+	due    time.Time // earliest due-index entry written
+}
+
+func (tx *Tx) noteDue(t time.Time) {
+	if tx.due.IsZero() || t.Before(tx.due) {
+		tx.due = t
+	}
 }
 
 // Begin starts a write transaction for EnqueueTxn and the caller's own keys;
@@ -110,9 +117,18 @@ func (s *Spool) Commit(tx *Tx) error {
 	if err := tx.Txn.Commit(); err != nil {
 		return err
 	}
+	s.committed(tx)
+	return nil
+}
+
+// committed runs after tx's commit: the due index is noted for ScanFrom, the
+// events published and waiters woken, in that order.
+func (s *Spool) committed(tx *Tx) {
+	if !tx.due.IsZero() {
+		s.noteDue(tx.due)
+	}
 	s.publish(tx.events)
 	s.signal()
-	return nil
 }
 
 // eventSeq makes event keys unique within a nanosecond.

@@ -355,3 +355,47 @@ func TestFlushAll(t *testing.T) {
 		t.Errorf("%d due after the flush (held one among them: %v), want 1204 without the held one", len(due), slices.Contains(due, held))
 	}
 }
+
+// TestScanFrom: a scan that starts where the last one found its first entry
+// still sees every entry written since, however early its due time (a
+// released message whose next attempt lies in the past).
+func TestScanFrom(t *testing.T) {
+	e := newEnv(t)
+	old := e.enqueue(t, []byte("x"), rcptAt("a@example.net", t0.Add(-time.Hour)))
+	if err := e.s.Hold(old.ID); err != nil {
+		t.Fatal(err)
+	}
+	a := e.enqueue(t, []byte("x"), rcptAt("b@example.net", t0))
+	b := e.enqueue(t, []byte("x"), rcptAt("c@example.net", t0.Add(time.Minute)))
+	from := e.s.ScanFrom(time.Time{})
+	ids, first, next, err := e.s.ScanDue(from, t0, 10)
+	if err != nil || !slices.Equal(ids, []string{a.ID}) || !first.Equal(t0) || !next.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("ScanDue = %v, %v, %v, %v", ids, first, next, err)
+	}
+	// Nothing written: the next scan may start at the first entry found.
+	if got := e.s.ScanFrom(first); !got.Equal(first) {
+		t.Errorf("ScanFrom after no writes = %v, want %v", got, first)
+	}
+	// a is delivered: its entry goes, and a scan from first skips it.
+	e.update(t, a.ID, func(m *spool.Message) { m.Rcpts[0].State = spool.Delivered })
+	from = e.s.ScanFrom(first)
+	if !from.Equal(first) {
+		t.Errorf("ScanFrom after a delete = %v, want %v", from, first)
+	}
+	ids, first, _, _ = e.s.ScanDue(from, t0.Add(time.Minute), 10)
+	if !slices.Equal(ids, []string{b.ID}) {
+		t.Fatalf("after the delivery ScanDue = %v, want %v", ids, b.ID)
+	}
+	// Released, old is due an hour before first: ScanFrom goes back for it.
+	if err := e.s.Release(old.ID); err != nil {
+		t.Fatal(err)
+	}
+	from = e.s.ScanFrom(first)
+	if !from.Equal(t0.Add(-time.Hour)) {
+		t.Errorf("ScanFrom after the release = %v, want %v", from, t0.Add(-time.Hour))
+	}
+	ids, _, _, _ = e.s.ScanDue(from, t0.Add(time.Minute), 10)
+	if !slices.Equal(ids, []string{old.ID, b.ID}) {
+		t.Errorf("after the release ScanDue = %v, want %v", ids, []string{old.ID, b.ID})
+	}
+}

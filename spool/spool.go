@@ -34,7 +34,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -148,6 +150,9 @@ type Spool struct {
 	mailLog   *slog.Logger
 	hooks     []func(Event)
 	followers followers
+	// earliest is the earliest due time (ns) written since the last
+	// ScanFrom, math.MaxInt64 for none.
+	earliest atomic.Int64
 }
 
 // New returns a spool on db. now is the clock (nil for time.Now); tests pass
@@ -156,7 +161,9 @@ func New(db *store.DB, now func() time.Time) *Spool {
 	if now == nil {
 		now = time.Now
 	}
-	return &Spool{db: db, now: now, waiters: make(chan struct{})}
+	s := &Spool{db: db, now: now, waiters: make(chan struct{})}
+	s.earliest.Store(math.MaxInt64)
+	return s
 }
 
 // Now is the spool's clock.
@@ -215,8 +222,7 @@ func (s *Spool) Enqueue(m *Message, body io.Reader) error {
 	}
 	// Published only once durable: the mail log never reports as accepted
 	// a message that a crash could still take back.
-	s.publish(tx.events)
-	s.signal()
+	s.committed(tx)
 	return nil
 }
 
@@ -248,7 +254,7 @@ func (s *Spool) EnqueueTxn(tx *Tx, m *Message, body io.Reader) error {
 		return fmt.Errorf("enqueue %s: body: %w", m.ID, err)
 	}
 	m.Size = size
-	if err := s.putEnvelope(tx.Txn, m); err != nil {
+	if err := s.putEnvelope(tx, m); err != nil {
 		return fmt.Errorf("enqueue %s: %w", m.ID, err)
 	}
 	rcpts := make([]string, len(m.Rcpts))
@@ -318,7 +324,8 @@ func (s *Spool) idsAfter(after string, limit int) ([]string, error) {
 }
 
 // putEnvelope writes m and moves its due-index entry to where its state says.
-func (s *Spool) putEnvelope(txn *badger.Txn, m *Message) error {
+func (s *Spool) putEnvelope(tx *Tx, m *Message) error {
+	txn := tx.Txn
 	due := m.nextDue()
 	if !m.Due.IsZero() && !m.Due.Equal(due) {
 		if err := txn.Delete(dueKey(m.Due, m.ID)); err != nil {
@@ -329,6 +336,7 @@ func (s *Spool) putEnvelope(txn *badger.Txn, m *Message) error {
 		if err := txn.Set(dueKey(due, m.ID), nil); err != nil {
 			return fmt.Errorf("index: %w", err)
 		}
+		tx.noteDue(due)
 	}
 	m.Due = due
 	v, err := json.Marshal(m)
@@ -426,38 +434,78 @@ func (s *Spool) Oldest() (time.Time, error) {
 // Due returns up to limit IDs of messages whose next attempt is at or before
 // now, earliest first. It reads only index keys up to now.
 func (s *Spool) Due(now time.Time, limit int) ([]string, error) {
-	var ids []string
+	ids, _, _, err := s.ScanDue(time.Time{}, now, limit)
+	return ids, err
+}
+
+// ScanDue reads the due index from the time from on: up to limit IDs due at
+// or before now, earliest first; first, the due time of the first entry
+// found (zero if none); and next, the earliest due time after now (zero if
+// the scan stopped at limit or found none). Starting at from skips what lies
+// before it: the index's front, where the entries of delivered messages
+// were deleted, is full of tombstones that a scan from the start would wade
+// through every time. ScanFrom says where a caller may start safely.
+func (s *Spool) ScanDue(from, now time.Time, limit int) (ids []string, first, next time.Time, err error) {
 	end := uint64(now.UnixNano())
-	err := s.db.View(func(txn *badger.Txn) error {
+	err = s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixDue)})
 		defer it.Close()
-		for it.Rewind(); it.Valid() && len(ids) < limit; it.Next() {
+		start := []byte(prefixDue)
+		if !from.IsZero() {
+			start = dueKey(from, "")
+		}
+		for it.Seek(start); it.Valid(); it.Next() {
 			k := it.Item().Key()[len(prefixDue):]
-			if len(k) < 8 || binary.BigEndian.Uint64(k) > end {
-				break
+			if len(k) < 8 {
+				continue
+			}
+			at := time.Unix(0, int64(binary.BigEndian.Uint64(k)))
+			if first.IsZero() {
+				first = at
+			}
+			if binary.BigEndian.Uint64(k) > end {
+				next = at
+				return nil
+			}
+			if len(ids) >= limit {
+				return nil
 			}
 			ids = append(ids, string(k[8:]))
 		}
 		return nil
 	})
-	return ids, err
+	return ids, first, next, err
+}
+
+// ScanFrom returns where the next ScanDue may start without missing an
+// entry: the earlier of low (the first entry the caller's last scan found,
+// before which there was nothing but tombstones) and the earliest due time
+// written since the previous call.
+func (s *Spool) ScanFrom(low time.Time) time.Time {
+	e := s.earliest.Swap(math.MaxInt64)
+	if e != math.MaxInt64 && (low.IsZero() || e < low.UnixNano()) {
+		return time.Unix(0, e)
+	}
+	return low
+}
+
+// noteDue records a due time written to the index, for ScanFrom. It runs
+// after the commit, before the change is signalled, so that a scan either
+// sees the entry or is woken again to look for it.
+func (s *Spool) noteDue(t time.Time) {
+	n := t.UnixNano()
+	for {
+		cur := s.earliest.Load()
+		if n >= cur || s.earliest.CompareAndSwap(cur, n) {
+			return
+		}
+	}
 }
 
 // NextDue returns the earliest due time in the index, if any.
 func (s *Spool) NextDue() (time.Time, bool, error) {
-	var t time.Time
-	var ok bool
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixDue)})
-		defer it.Close()
-		it.Rewind()
-		if it.Valid() {
-			k := it.Item().Key()[len(prefixDue):]
-			t, ok = time.Unix(0, int64(binary.BigEndian.Uint64(k))), true
-		}
-		return nil
-	})
-	return t, ok, err
+	_, first, _, err := s.ScanDue(time.Time{}, time.Unix(0, 0), 0)
+	return first, !first.IsZero(), err
 }
 
 // Update runs fn on message id in one transaction, then stores the changed
@@ -498,7 +546,7 @@ func (s *Spool) updateTx(tx *Tx, id string, fn func(tx *Tx, m *Message) error) e
 	if m.Done() {
 		return deleteTxn(tx.Txn, m)
 	}
-	return s.putEnvelope(tx.Txn, m)
+	return s.putEnvelope(tx, m)
 }
 
 // Hold takes a message out of the due index until Release.

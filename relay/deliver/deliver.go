@@ -123,17 +123,31 @@ func (l *Loop) Kick() {
 }
 
 // Run delivers until ctx is cancelled, then waits for deliveries in flight.
+//
+// Each round scans the due index from low, the first entry the previous
+// round found (everything before it was deleted), or from an earlier entry
+// written since (spool.ScanFrom): a scan from the start would step over the
+// tombstones of every message delivered lately, on every round.
 func (l *Loop) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	sem := make(chan struct{}, l.cfg.Workers)
+	var low time.Time
 	for {
 		// Take the change signal before the scan, so a message queued
 		// during the scan still wakes the loop.
 		changed := l.spool.Changed()
-		ids, err := l.spool.Due(l.spool.Now(), 4*l.cfg.Workers+len(l.inflightIDs()))
+		now := l.spool.Now()
+		from := l.spool.ScanFrom(low)
+		ids, first, next, err := l.spool.ScanDue(from, now, 4*l.cfg.Workers+l.inflightCount())
 		if err != nil {
 			l.log.Error("scan due index", "error", err)
+			low = time.Time{} // what ScanFrom handed out is lost: start over
+		} else {
+			low = first
+			if low.IsZero() {
+				low = from
+			}
 		}
 		for _, id := range ids {
 			if !l.claim(id) {
@@ -152,8 +166,8 @@ func (l *Loop) Run(ctx context.Context) {
 			})
 		}
 		wait := time.Minute
-		if next, ok, err := l.spool.NextDue(); err == nil && ok {
-			wait = min(wait, max(next.Sub(l.spool.Now()), 10*time.Millisecond))
+		if !next.IsZero() {
+			wait = min(wait, max(next.Sub(now), 10*time.Millisecond))
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -168,14 +182,10 @@ func (l *Loop) Run(ctx context.Context) {
 	}
 }
 
-func (l *Loop) inflightIDs() []string {
+func (l *Loop) inflightCount() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	ids := make([]string, 0, len(l.inflight))
-	for id := range l.inflight {
-		ids = append(ids, id)
-	}
-	return ids
+	return len(l.inflight)
 }
 
 func (l *Loop) claim(id string) bool {
