@@ -108,12 +108,13 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		transports[d] = hp
 	}
 	s.remote = remote.New(remote.Config{
-		Hostname:      cfg.Hostname,
-		Transports:    transports,
-		Relayhost:     cfg.Relayhost,
-		RelayUser:     cfg.RelayhostUser,
-		RelayPassword: cfg.RelayhostPassword,
-		DNS:           cfg.DNS,
+		Hostname:       cfg.Hostname,
+		Transports:     transports,
+		Relayhost:      cfg.Relayhost,
+		RelayUser:      cfg.RelayhostUser,
+		RelayPassword:  cfg.RelayhostPassword,
+		DNS:            cfg.DNS,
+		PerDestination: cfg.DestinationConcurrency,
 	}, s.spool, log.With("component", "remote"))
 	s.loop = deliver.New(deliver.Config{
 		Domains:     slices.Clone(cfg.Domains),
@@ -122,6 +123,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		Lifetime:    time.Duration(cfg.QueueLifetime),
 		DelayNotice: time.Duration(cfg.DelayNotice),
 		Hostname:    cfg.Hostname,
+		Workers:     cfg.DeliveryWorkers,
 	}, s.spool, s.boxes, s.remote, log.With("component", "deliver"))
 	if err := s.listen(); err != nil {
 		s.closeListeners()

@@ -54,6 +54,11 @@ type Config struct {
 	SessionTimeout      Duration `toml:"session-timeout"`
 	MaxLineLength       int      `toml:"max-line-length"`
 
+	// DeliveryWorkers bounds the messages in delivery at once;
+	// DestinationConcurrency the connections to one destination.
+	DeliveryWorkers        int `toml:"delivery-workers"`
+	DestinationConcurrency int `toml:"destination-concurrency"`
+
 	RetryFirst    Duration `toml:"retry-first"`
 	RetryMax      Duration `toml:"retry-max"`
 	QueueLifetime Duration `toml:"queue-lifetime"`
@@ -100,13 +105,16 @@ func Default() Config {
 		SessionTimeout: Duration(time.Hour),
 		// Postfix splits lines past line_length_limit = 2048; the relay
 		// refuses them, past a limit twice RFC 5322's 998.
-		MaxLineLength: 2000,
-		RetryFirst:    Duration(5 * time.Minute),
-		RetryMax:      Duration(time.Hour),
-		QueueLifetime: Duration(5 * 24 * time.Hour),
-		DelayNotice:   Duration(4 * time.Hour),
-		LogFormat:     "text",
-		LogLevel:      "info",
+		MaxLineLength:   2000,
+		DeliveryWorkers: 32,
+		// Postfix: default_destination_concurrency_limit = 20.
+		DestinationConcurrency: 20,
+		RetryFirst:             Duration(5 * time.Minute),
+		RetryMax:               Duration(time.Hour),
+		QueueLifetime:          Duration(5 * 24 * time.Hour),
+		DelayNotice:            Duration(4 * time.Hour),
+		LogFormat:              "text",
+		LogLevel:               "info",
 	}
 }
 
@@ -192,6 +200,9 @@ func (c *Config) Validate() error {
 		if n.v < 0 {
 			errs = append(errs, fmt.Errorf("%s: must be 0 (no limit) or more", n.name))
 		}
+	}
+	if c.DeliveryWorkers <= 0 || c.DestinationConcurrency <= 0 {
+		errs = append(errs, errors.New("delivery-workers, destination-concurrency: must be positive"))
 	}
 	if c.MaxErrors <= 0 {
 		errs = append(errs, errors.New("max-errors: must be positive"))
@@ -313,6 +324,8 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxErrors, "max-errors", c.MaxErrors, "refused commands before a session is ended")
 	fs.Var(&c.SessionTimeout, "session-timeout", "longest SMTP session")
 	fs.IntVar(&c.MaxLineLength, "max-line-length", c.MaxLineLength, "longest SMTP command or message line")
+	fs.IntVar(&c.DeliveryWorkers, "delivery-workers", c.DeliveryWorkers, "messages in delivery at once")
+	fs.IntVar(&c.DestinationConcurrency, "destination-concurrency", c.DestinationConcurrency, "most connections to one destination")
 	fs.Var(&c.RetryFirst, "retry-first", "delay before the first retry")
 	fs.Var(&c.RetryMax, "retry-max", "longest delay between retries")
 	fs.Var(&c.QueueLifetime, "queue-lifetime", "how long a message is retried before it bounces")

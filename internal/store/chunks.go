@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -24,26 +25,52 @@ func NumChunks(size int64) uint32 { return uint32((size + BodyChunk - 1) / BodyC
 // byte count. Chunks of BodyChunk bytes are above ValueThreshold, so each
 // costs the transaction only a value-log pointer.
 func PutChunks(txn *badger.Txn, prefix []byte, r io.Reader) (int64, error) {
+	// Each chunk is read into a pooled scratch buffer and stored as an
+	// exact-size copy (Badger keeps the value until the commit): one
+	// allocation of the message's size, where a growing buffer made five
+	// for a 4 KiB message.
+	bp := scratch.Get().(*[]byte)
+	defer scratch.Put(bp)
+	buf := *bp
 	var size int64
 	for n := uint32(0); ; n++ {
-		// A buffer per chunk, grown to what arrives: a 4 KiB message
-		// costs 4 KiB, not a whole chunk. Badger keeps it until commit.
-		var b bytes.Buffer
-		got, err := io.CopyN(&b, r, BodyChunk)
+		got, err := fill(r, buf)
+		if err != nil && err != io.EOF {
+			return size, err
+		}
 		if got > 0 {
-			if err := txn.Set(chunkKey(prefix, n), b.Bytes()); err != nil {
+			if err := txn.Set(chunkKey(prefix, n), bytes.Clone(buf[:got])); err != nil {
 				return size, fmt.Errorf("store chunk %d: %w", n, err)
 			}
-			size += got
+			size += int64(got)
 		}
-		if err == io.EOF || err == nil && got < BodyChunk {
+		if err == io.EOF {
 			return size, nil
-		}
-		if err != nil {
-			return size, err
 		}
 	}
 }
+
+// fill reads into buf until it is full (nil error), r ends (io.EOF, with
+// what came before it) or fails. Unlike io.ReadFull it passes the reader's
+// own io.ErrUnexpectedEOF on as a failure: a client cut off mid-message must
+// not look like a message that ended.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// scratch holds BodyChunk-sized read buffers for PutChunks.
+var scratch = sync.Pool{New: func() any {
+	b := make([]byte, BodyChunk)
+	return &b
+}}
 
 // DeleteChunks deletes the chunks of a size-byte value under prefix.
 func DeleteChunks(txn *badger.Txn, prefix []byte, size int64) error {
