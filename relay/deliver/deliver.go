@@ -45,9 +45,10 @@ type Config struct {
 }
 
 // Remote delivers recipients outside the local domains. Deliver returns one
-// outcome per index in rcpts.
+// outcome per index in rcpts; when an attempt for some of them begins, it
+// calls started (if not nil) with their positions in rcpts and the host.
 type Remote interface {
-	Deliver(ctx context.Context, m *spool.Message, rcpts []int) []Outcome
+	Deliver(ctx context.Context, m *spool.Message, rcpts []int, started func(pos []int, host string)) []Outcome
 }
 
 // Outcome is the result of one delivery attempt for one recipient.
@@ -61,7 +62,16 @@ type Outcome struct {
 	// RemoteDSN says the next hop took the DSN request over (RFC 3461
 	// §4.1), so no "relayed" notice is due from here.
 	RemoteDSN bool
+	// Busy says no attempt was made: every connection to the destination
+	// was in use. The recipient is tried again soon, not counted as an
+	// attempt, so that a slow destination holds its own connections and
+	// no worker of the loop.
+	Busy bool
 }
+
+// busyRetry is how soon a recipient whose destination was busy is tried
+// again.
+const busyRetry = 2 * time.Second
 
 // Loop is the delivery loop.
 type Loop struct {
@@ -333,12 +343,15 @@ func (l *Loop) deliverRemote(ctx context.Context, id string) {
 	if len(idx) == 0 {
 		return
 	}
-	attempts := make([]spool.Event, len(idx))
-	for j, i := range idx {
-		attempts[j] = spool.Event{Event: spool.EventAttempt, ID: m.ID, Rcpt: m.Rcpts[i].Address, Attempt: m.Rcpts[i].Attempts + 1}
-	}
-	if err := l.spool.Record(attempts...); err != nil {
-		l.log.Warn("log attempt", "id", id, "error", err)
+	started := func(pos []int, host string) {
+		evs := make([]spool.Event, len(pos))
+		for k, p := range pos {
+			rc := m.Rcpts[idx[p]]
+			evs[k] = spool.Event{Event: spool.EventAttempt, ID: m.ID, Rcpt: rc.Address, Attempt: rc.Attempts + 1, Relay: host}
+		}
+		if err := l.spool.Record(evs...); err != nil {
+			l.log.Warn("log attempt", "id", id, "error", err)
+		}
 	}
 	outcomes := make([]Outcome, len(idx))
 	if l.remote == nil {
@@ -346,13 +359,17 @@ func (l *Loop) deliverRemote(ctx context.Context, id string) {
 			outcomes[i] = Outcome{Err: errors.New("451 4.4.0 remote delivery is not configured")}
 		}
 	} else {
-		outcomes = l.remote.Deliver(ctx, m, idx)
+		outcomes = l.remote.Deliver(ctx, m, idx, started)
 	}
 	err = l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
 		var report []int
 		for j, i := range idx {
 			rc, o := &m.Rcpts[i], outcomes[j]
 			if rc.State != spool.Pending {
+				continue
+			}
+			if o.Busy {
+				rc.NextAttempt = now.Add(busyRetry)
 				continue
 			}
 			rc.RemoteMTA = o.RemoteMTA

@@ -57,7 +57,7 @@ func newRemote(e *env, answer func(rc spool.Recipient, attempt int) deliver.Outc
 	return &fakeRemote{clock: e.clock, sp: e.sp, answer: answer, tries: map[string]int{}}
 }
 
-func (f *fakeRemote) Deliver(_ context.Context, m *spool.Message, idx []int) []deliver.Outcome {
+func (f *fakeRemote) Deliver(_ context.Context, m *spool.Message, idx []int, _ func([]int, string)) []deliver.Outcome {
 	var body string
 	if r, err := f.sp.Body(m.ID); err == nil {
 		b, _ := io.ReadAll(r)

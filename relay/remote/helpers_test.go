@@ -507,7 +507,7 @@ func deliverWithin(t *testing.T, tr *remote.Transport, m *spool.Message, rcpts [
 	t.Helper()
 	done := make(chan []deliver.Outcome, 1)
 	start := time.Now()
-	go func() { done <- tr.Deliver(context.Background(), m, rcpts) }()
+	go func() { done <- tr.Deliver(context.Background(), m, rcpts, nil) }()
 	select {
 	case out := <-done:
 		return out, time.Since(start), true

@@ -45,6 +45,9 @@ type Config struct {
 	Port int
 	// PerDestination bounds concurrent connections to one destination.
 	PerDestination int
+	// SlotWait is how long a delivery waits for a free connection to its
+	// destination before it gives the recipients back as busy.
+	SlotWait time.Duration
 	// ConnectTimeout bounds a TCP connect; CommandTimeout each command.
 	ConnectTimeout, CommandTimeout time.Duration
 	// IdleTimeout is how long a connection waits for the next message.
@@ -88,6 +91,9 @@ func New(cfg Config, sp *spool.Spool, log *slog.Logger) *Transport {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 30 * time.Second
 	}
+	if cfg.SlotWait <= 0 {
+		cfg.SlotWait = time.Second
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -111,6 +117,10 @@ type failure struct {
 func (f *failure) Error() string { return f.msg }
 
 func temp(format string, a ...any) *failure { return &failure{msg: fmt.Sprintf(format, a...)} }
+
+// errBusy means every connection to the destination stayed in use for
+// SlotWait: nothing was tried.
+var errBusy = &failure{msg: "451 4.4.5 destination busy"}
 
 func perm(format string, a ...any) *failure {
 	return &failure{msg: fmt.Sprintf(format, a...), permanent: true}
@@ -176,7 +186,7 @@ func (t *Transport) route(ctx context.Context, domain string) (*route, *failure)
 }
 
 // Deliver implements deliver.Remote: one transaction per destination.
-func (t *Transport) Deliver(ctx context.Context, m *spool.Message, rcpts []int) []deliver.Outcome {
+func (t *Transport) Deliver(ctx context.Context, m *spool.Message, rcpts []int, started func(pos []int, host string)) []deliver.Outcome {
 	out := make([]deliver.Outcome, len(rcpts))
 	// Route each domain once, then group recipients by destination, so
 	// three domains behind one smarthost are one transaction.
@@ -210,9 +220,11 @@ func (t *Transport) Deliver(ctx context.Context, m *spool.Message, rcpts []int) 
 	for _, d := range order {
 		r := routes[d]
 		pos := groups[r.key]
-		remote, remoteDSN, per, f := t.send(ctx, r, m, rcpts, pos)
+		remote, remoteDSN, per, f := t.send(ctx, r, m, rcpts, pos, started)
 		for k, j := range pos {
 			switch {
+			case f == errBusy:
+				out[j] = deliver.Outcome{Busy: true}
 			case f != nil:
 				out[j] = outcome(f, remote, false)
 			default:
@@ -244,15 +256,25 @@ func (t *Transport) slot(key string) chan struct{} {
 
 // send runs one SMTP transaction for the recipients at positions pos. A
 // non-nil failure applies to all of them; otherwise per holds each one's.
-func (t *Transport) send(ctx context.Context, r *route, m *spool.Message, rcpts []int, pos []int) (remote string, remoteDSN bool, per []*failure, all *failure) {
+func (t *Transport) send(ctx context.Context, r *route, m *spool.Message, rcpts []int, pos []int, started func([]int, string)) (remote string, remoteDSN bool, per []*failure, all *failure) {
 	s := t.slot(r.key)
+	wait := time.NewTimer(t.cfg.SlotWait)
 	select {
 	case s <- struct{}{}:
+		wait.Stop()
+	case <-wait.C:
+		return "", false, nil, errBusy
 	case <-ctx.Done():
+		wait.Stop()
 		return "", false, nil, temp("451 4.4.5 shutting down")
 	}
 	defer func() { <-s }()
 
+	if started != nil {
+		// The attempt begins here, also when the connection then fails;
+		// it names the first host the route offers.
+		started(pos, hostOnly(r.hosts[0]))
+	}
 	p, f := t.get(ctx, r)
 	if f != nil {
 		return "", false, nil, f

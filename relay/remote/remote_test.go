@@ -266,7 +266,7 @@ func TestCancelWhileHanging(t *testing.T) {
 	m := q.add(t, sample, nil, "bob@b.test")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan []deliver.Outcome, 1)
-	go func() { done <- tr.Deliver(ctx, m, []int{0}) }()
+	go func() { done <- tr.Deliver(ctx, m, []int{0}, nil) }()
 	time.Sleep(200 * time.Millisecond)
 	cancel()
 	select {
