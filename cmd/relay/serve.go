@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/relaymail/relay/internal/config"
@@ -25,6 +26,9 @@ func serve(args []string, stderr io.Writer) error {
 	log, err := newLogger(cfg, level, stderr)
 	if err != nil {
 		return err
+	}
+	if cfg.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(cfg.MemoryLimit)
 	}
 	srv, err := relay.New(cfg, log)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 )
 
 // SyncMode says how DB.Sync reaches the disk.
@@ -75,11 +76,14 @@ func Open(dir string, o Options) (*DB, error) {
 		// Sized for a 2-core machine with a few GiB of RAM: the defaults
 		// reserve several hundred MiB for memtables and the block cache.
 		WithMemTableSize(32 << 20).
-		WithNumMemtables(3).
+		WithNumMemtables(2).
 		WithNumLevelZeroTables(3).
 		WithNumLevelZeroTablesStall(8).
-		WithBlockCacheSize(32 << 20).
-		WithIndexCacheSize(32 << 20).
+		// Uncompressed tables are read straight from their mapping, so
+		// the block cache would hold copies of nothing.
+		WithCompression(options.None).
+		WithBlockCacheSize(0).
+		WithIndexCacheSize(16 << 20).
 		// Small value-log files: the one being written is mapped whole,
 		// and garbage collection rewrites a file at a time.
 		WithValueLogFileSize(64 << 20).
@@ -153,6 +157,17 @@ func (db *DB) CollectGarbage(interval time.Duration, stop <-chan struct{}) {
 			}
 		}
 	}
+}
+
+// ReleaseCold hands the pages of database files that are not being written
+// back to the kernel, so that the process's resident set tracks what it
+// works on rather than everything it ever read or wrote. It returns how many
+// mappings it released; see releaseCold for why this is safe.
+func (db *DB) ReleaseCold() (int, error) {
+	if db.Opts().InMemory {
+		return 0, nil
+	}
+	return db.releaseCold()
 }
 
 // ErrLocked is returned by Open when another process holds the database.
