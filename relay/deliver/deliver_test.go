@@ -746,3 +746,33 @@ func TestLoopStopsWithoutWork(t *testing.T) {
 		t.Errorf("Run took %v to return after cancel", d)
 	}
 }
+
+// Messages to the same two accounts, named in opposite orders, take the
+// per-account delivery locks in one order and so never wait on each other.
+func TestDeliveryLocksOverlappingRecipients(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	users := []string{"ida@example.test", "jon@example.test", "kai@example.test"}
+	addUsers(t, e.boxes, users...)
+	const messages = 120
+	for i := range messages {
+		a, b := users[i%3], users[(i+1)%3]
+		if i%2 == 1 {
+			a, b = b, a
+		}
+		enqueue(t, e.sp, fmt.Sprintf("message %03d\r\n", i), a, b)
+	}
+	run(t, e.newLoop())
+	waitFor(t, "every message delivered", func() (bool, string) {
+		n, err := e.sp.Count()
+		if err != nil {
+			return false, err.Error()
+		}
+		return n == 0, fmt.Sprintf("%d messages queued", n)
+	})
+	for _, u := range users {
+		if got := len(inbox(t, e.boxes, u)); got != messages*2/3 {
+			t.Errorf("%s: %d messages, want %d", u, got, messages*2/3)
+		}
+	}
+}
