@@ -134,7 +134,7 @@ func (s *Store) purgeMailbox(id uint64) error {
 					return nil
 				}
 				var m Message
-				if err := it.Item().Value(func(b []byte) error { return jsonUnmarshal(b, &m) }); err != nil {
+				if err := it.Item().Value(func(b []byte) error { return parseMessage(b, &m) }); err != nil {
 					return err
 				}
 				if err := txn.Delete(it.Item().KeyCopy(nil)); err != nil {

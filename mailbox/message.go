@@ -86,7 +86,7 @@ func AppendTxn(txn *badger.Txn, user, mailbox, blob string, size int64, date tim
 		mb.Unseen++
 	}
 	m := Message{UID: uid, Blob: blob, Size: size, Date: date.UTC().Truncate(time.Second), Flags: flags}
-	if err := putJSON(txn, msgKey(mb.ID, uid), m); err != nil {
+	if err := putMsg(txn, msgKey(mb.ID, uid), m); err != nil {
 		return nil, 0, err
 	}
 	if err := putJSON(txn, mailboxKey(mb.User, mb.Name), mb); err != nil {
@@ -126,7 +126,7 @@ func (s *Store) Messages(user, mailbox string) ([]Message, error) {
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			var m Message
-			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &m) }); err != nil {
+			if err := it.Item().Value(func(b []byte) error { return parseMessage(b, &m) }); err != nil {
 				return err
 			}
 			m.UID = binary.BigEndian.Uint32(it.Item().Key()[len(prefixMsg)+8:])

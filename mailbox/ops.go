@@ -65,8 +65,8 @@ func applyFlags(cur []string, op FlagOp, flags []string) []string {
 
 func decodeMsg(key []byte, v []byte) (Message, error) {
 	var m Message
-	if err := json.Unmarshal(v, &m); err != nil {
-		return m, err
+	if err := parseMessage(v, &m); err != nil {
+		return m, fmt.Errorf("message %x: %w", key, err)
 	}
 	m.UID = binary.BigEndian.Uint32(key[len(prefixMsg)+8:])
 	return m, nil
@@ -169,7 +169,7 @@ func (s *Store) SetFlags(user, mailbox string, uids []uint32, op FlagOp, flags [
 		mboxID = mb.ID
 		for _, uid := range uids {
 			var m Message
-			if err := getJSON(txn, msgKey(mb.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
+			if err := getMsg(txn, msgKey(mb.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
 				continue
 			} else if err != nil {
 				return err
@@ -182,7 +182,7 @@ func (s *Store) SetFlags(user, mailbox string, uids []uint32, op FlagOp, flags [
 			case !wasSeen && seen:
 				mb.Unseen--
 			}
-			if err := putJSON(txn, msgKey(mb.ID, uid), m); err != nil {
+			if err := putMsg(txn, msgKey(mb.ID, uid), m); err != nil {
 				return err
 			}
 			changes = append(changes, FlagChange{UID: uid, Flags: m.Flags})
@@ -232,7 +232,7 @@ func (s *Store) Expunge(user, mailbox string, uids []uint32, source any) ([]uint
 		} else {
 			for _, uid := range uids {
 				var m Message
-				if err := getJSON(txn, msgKey(mb.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
+				if err := getMsg(txn, msgKey(mb.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
 					continue
 				} else if err != nil {
 					return err
@@ -308,7 +308,7 @@ func (s *Store) Copy(user, src, dst string, uids []uint32, move bool, source any
 		}
 		for _, uid := range uids {
 			var m Message
-			if err := getJSON(txn, msgKey(from.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
+			if err := getMsg(txn, msgKey(from.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
 				continue
 			} else if err != nil {
 				return err
@@ -325,7 +325,7 @@ func (s *Store) Copy(user, src, dst string, uids []uint32, move bool, source any
 			if !hasFlag(flags, FlagSeen) {
 				to.Unseen++
 			}
-			if err := putJSON(txn, msgKey(to.ID, newUID), Message{Blob: m.Blob, Size: m.Size, Date: m.Date, Flags: flags}); err != nil {
+			if err := putMsg(txn, msgKey(to.ID, newUID), Message{Blob: m.Blob, Size: m.Size, Date: m.Date, Flags: flags}); err != nil {
 				return err
 			}
 			if move {

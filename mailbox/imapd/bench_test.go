@@ -111,3 +111,54 @@ func BenchmarkSearchBody10k(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*benchMessages)/b.Elapsed().Seconds(), "msgs/s")
 }
+
+func BenchmarkSearchSubject10k(b *testing.B) {
+	_, c := benchServer(b)
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		data, err := c.Search(&imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "Subject", Value: "number 4242 "}}}, nil).Wait()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n := len(data.AllSeqNums()); n != 1 {
+			b.Fatalf("SEARCH SUBJECT found %d, want 1", n)
+		}
+	}
+	b.ReportMetric(float64(b.N*benchMessages)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+func BenchmarkSearchUnseen10k(b *testing.B) {
+	_, c := benchServer(b)
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Search(&imap.SearchCriteria{NotFlag: []imap.Flag{imap.FlagSeen}}, nil).Wait(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*benchMessages)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkFetchBody is one client's FETCH BODY.PEEK[] of single messages,
+// as a reader opening mail one at a time.
+func BenchmarkFetchBody(b *testing.B) {
+	_, c := benchServer(b)
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	sec := &imap.FetchItemBodySection{Peek: true}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i = (i + 7919) % benchMessages
+		msgs, err := c.Fetch(imap.SeqSetNum(uint32(i+1)), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{sec}}).Collect()
+		if err != nil || len(msgs) != 1 || len(msgs[0].FindBodySection(sec)) == 0 {
+			b.Fatalf("FETCH %d: %v, %d messages", i+1, err, len(msgs))
+		}
+	}
+}

@@ -35,11 +35,13 @@ func (c *content) reader() io.Reader {
 	if c.m.Size > smallMessage {
 		return c.boxes.Open(c.m)
 	}
-	b, err := io.ReadAll(c.boxes.Open(c.m))
-	if err != nil {
+	// The size is known: one allocation instead of ReadAll's doublings.
+	var buf bytes.Buffer
+	buf.Grow(int(c.m.Size) + bytes.MinRead)
+	if _, err := buf.ReadFrom(c.boxes.Open(c.m)); err != nil {
 		return &errReader{err}
 	}
-	c.data = b
+	c.data = buf.Bytes()
 	return bytes.NewReader(c.data)
 }
 

@@ -81,11 +81,23 @@ type mimeParser struct {
 	frozen    bool
 }
 
+// lineReader buffers r for the parser: 32 KiB, or a message held in memory
+// plus one byte when it is smaller. SEARCH parses every message of a
+// mailbox; a 32 KiB buffer for each 4 KiB message was most of what a
+// SEARCH SUBJECT allocated.
+func lineReader(r io.Reader) *bufio.Reader {
+	n := 32 << 10
+	if br, ok := r.(*bytes.Reader); ok && br.Len() < n {
+		n = br.Len() + 1
+	}
+	return bufio.NewReaderSize(r, n)
+}
+
 // parseMIME reads a whole message once and returns its entity tree.
 // Memory is bounded by the limits above, not by the message, and the time
 // is one pass with one map lookup per line that starts with "--".
 func parseMIME(r io.Reader) *entity {
-	p := &mimeParser{r: bufio.NewReaderSize(r, 32<<10), bounds: map[string]int{}, budget: maxHeaderTotal, lineStart: true}
+	p := &mimeParser{r: lineReader(r), bounds: map[string]int{}, budget: maxHeaderTotal, lineStart: true}
 	root := p.newEntity(0, 0)
 	for {
 		line, err := p.r.ReadSlice('\n')
@@ -274,7 +286,7 @@ func parseHeader(raw []byte, cut bool) textproto.Header {
 		raw = append(raw, '\r', '\n')
 	}
 	raw = append(raw, '\r', '\n')
-	h, _ := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(raw)))
+	h, _ := textproto.ReadHeader(lineReader(bytes.NewReader(raw)))
 	return h
 }
 
@@ -350,7 +362,7 @@ func (e *entity) leaves(f func(*entity) bool) bool {
 // parseTop reads only the header section of a message of size bytes:
 // enough for ENVELOPE, BODY[HEADER] and BODY[TEXT].
 func parseTop(r io.Reader, size int64) *entity {
-	p := &mimeParser{r: bufio.NewReaderSize(r, 32<<10), bounds: map[string]int{}, budget: maxHeaderTotal, lineStart: true}
+	p := &mimeParser{r: lineReader(r), bounds: map[string]int{}, budget: maxHeaderTotal, lineStart: true}
 	root := p.newEntity(0, 0)
 	for p.cur == root && p.inHeader {
 		line, err := p.r.ReadSlice('\n')

@@ -1,0 +1,148 @@
+package mailbox
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// A message record is read on every SEARCH, FETCH and SELECT over a
+// mailbox, 10,000 times for one SEARCH UNSEEN of a 10,000-message INBOX,
+// so it has a compact binary form rather than JSON (which took a third of
+// the CPU under an IMAP client load):
+//
+//	0x01 | uvarint len(blob) blob | varint size | varint unix seconds |
+//	uvarint len(flags) { uvarint len(flag) flag }
+//
+// Records written as JSON (they start with '{') still read.
+const msgFormat = 0x01
+
+var errBadRecord = errors.New("malformed message record")
+
+// appendMessage appends m's record (without its UID, which is in the key).
+func appendMessage(b []byte, m Message) []byte {
+	b = append(b, msgFormat)
+	b = binary.AppendUvarint(b, uint64(len(m.Blob)))
+	b = append(b, m.Blob...)
+	b = binary.AppendVarint(b, m.Size)
+	b = binary.AppendVarint(b, m.Date.Unix())
+	b = binary.AppendUvarint(b, uint64(len(m.Flags)))
+	for _, f := range m.Flags {
+		b = binary.AppendUvarint(b, uint64(len(f)))
+		b = append(b, f...)
+	}
+	return b
+}
+
+// parseMessage decodes a record into m, leaving m.UID alone. The strings
+// are copies: v belongs to Badger.
+func parseMessage(v []byte, m *Message) error {
+	if len(v) > 0 && v[0] == '{' {
+		return json.Unmarshal(v, m)
+	}
+	if len(v) == 0 || v[0] != msgFormat {
+		return errBadRecord
+	}
+	r := recordReader{b: v[1:]}
+	m.Blob = string(r.bytes())
+	m.Size = r.varint()
+	m.Date = time.Unix(r.varint(), 0).UTC()
+	n := r.uvarint()
+	if n > uint64(len(r.b)) { // every flag takes at least a byte
+		return errBadRecord
+	}
+	m.Flags = nil
+	if n > 0 {
+		m.Flags = make([]string, 0, n)
+	}
+	for range n {
+		m.Flags = append(m.Flags, flagString(r.bytes()))
+	}
+	if r.bad || len(r.b) != 0 {
+		return errBadRecord
+	}
+	return nil
+}
+
+// flagString returns the common flags without allocating.
+func flagString(b []byte) string {
+	switch string(b) {
+	case `\Seen`:
+		return `\Seen`
+	case `\Answered`:
+		return `\Answered`
+	case `\Flagged`:
+		return `\Flagged`
+	case `\Deleted`:
+		return `\Deleted`
+	case `\Draft`:
+		return `\Draft`
+	case `$Junk`:
+		return `$Junk`
+	case `$NotJunk`:
+		return `$NotJunk`
+	case `$Forwarded`:
+		return `$Forwarded`
+	}
+	return string(b)
+}
+
+// recordReader reads the fields of a record; a short or bad field sets bad.
+type recordReader struct {
+	b   []byte
+	bad bool
+}
+
+func (r *recordReader) uvarint() uint64 {
+	x, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.bad, r.b = true, nil
+		return 0
+	}
+	r.b = r.b[n:]
+	return x
+}
+
+func (r *recordReader) varint() int64 {
+	x, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.bad, r.b = true, nil
+		return 0
+	}
+	r.b = r.b[n:]
+	return x
+}
+
+func (r *recordReader) bytes() []byte {
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		r.bad, r.b = true, nil
+		return nil
+	}
+	out := r.b[:n]
+	r.b = r.b[n:]
+	return out
+}
+
+// putMsg stores m's record at key.
+func putMsg(txn *badger.Txn, key []byte, m Message) error {
+	return txn.Set(key, appendMessage(nil, m))
+}
+
+// getMsg reads the record at key into m.
+func getMsg(txn *badger.Txn, key []byte, m *Message) error {
+	item, err := txn.Get(key)
+	if err != nil {
+		return err
+	}
+	return item.Value(func(v []byte) error {
+		if err := parseMessage(v, m); err != nil {
+			return fmt.Errorf("message %x: %w", key, err)
+		}
+		return nil
+	})
+}
