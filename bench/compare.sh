@@ -13,7 +13,8 @@
 # IMAP_SEARCH_C (clients of the text-search load; 2), PIPELINING (only
 # this relay-bench -pipelining value in smtp; both when unset),
 # PF_IN_FLOW_DELAY (Postfix in_flow_delay; 0s), PORT_BASE (23000),
-# WAIT_TIMEOUT (seconds for any one wait), KEEP=1 (keep the work
+# WAIT_TIMEOUT (seconds for any one wait), SETTLE (seconds before the
+# deferred memory reading; 12), KEEP=1 (keep the work
 # directory), RESULTS (copy the results table and the JSON summaries to
 # this directory), RELAY_BIN (a relay binary to use instead of building
 # ./cmd/relay).
@@ -48,6 +49,9 @@ PIPELINING=${PIPELINING:-}
 # accepts a message while mail arrives faster than it leaves; 0 measures
 # what smtpd can take.
 PF_IN_FLOW_DELAY=${PF_IN_FLOW_DELAY:-0s}
+# Seconds between the last deferral and the memory reading, on both: the
+# relay gives cold memory back every 10 s.
+SETTLE=${SETTLE:-12}
 PASS=benchpass
 WAIT_TIMEOUT=${WAIT_TIMEOUT:-1800} # seconds for any one wait
 [[ ${QUICK:-0} == 1 ]] && WAIT_TIMEOUT=${WAIT_TIMEOUT_QUICK:-300}
@@ -572,7 +576,7 @@ part_deferred() {
 	bench deferred-relay smtp -addr "$RELAY_SUBMISSION" -auth "user0@localhost:$PASS" -domain down.test -n "$DEFERRED" "${SMTP_FLAGS[@]}"
 	note "waiting until the relay has tried each message once"
 	wait_for "the relay to try every message" "$WAIT_TIMEOUT" relay_all_tried
-	sleep 2
+	sleep "$SETTLE"
 	rrss=$(rss_of "$RELAY_PID")
 	note "relay: $(relay_queued) messages queued, RSS $(mib "$rrss") MiB, peak $(mib "$(rss_of "$RELAY_PID" VmHWM)") MiB"
 	stop_relay
@@ -592,7 +596,7 @@ part_deferred() {
 	bench deferred-postfix smtp -addr "$PF_SMTP" -domain down.test -n "$DEFERRED" "${SMTP_FLAGS[@]}"
 	note "waiting until Postfix has deferred every message"
 	wait_for "Postfix to defer every message" "$WAIT_TIMEOUT" pf_all_deferred "$DEFERRED"
-	sleep 2
+	sleep "$SETTLE"
 	prss=$(pf_pss)
 	note "postfix: $(pf_queue_files deferred) deferred queue files, PSS of master and children $(mib "$prss") MiB ($(pf_procs))"
 	stop_postfix
