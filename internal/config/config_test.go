@@ -105,6 +105,9 @@ func TestValidate(t *testing.T) {
 		{"bad transport", func(c *Config) { c.Transport = []string{"example.org"} }, "transport"},
 		{"no domain", func(c *Config) { c.Domains = nil }, "domain"},
 		{"bad log format", func(c *Config) { c.LogFormat = "xml" }, "log-format"},
+		{"negative memory limit", func(c *Config) { c.MemoryLimit = -1 }, "memory-limit"},
+		{"memory limit off", func(c *Config) { c.MemoryLimit = 0 }, ""},
+		{"no delivery workers", func(c *Config) { c.DeliveryWorkers = 0 }, "delivery-workers"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Default()
