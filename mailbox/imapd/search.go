@@ -33,6 +33,7 @@ type candidate struct {
 	hdr        textproto.Header
 	body       string // decoded text of the text parts, lower-cased
 	hdrTxt     string // decoded header fields, lower-cased
+	hdrTxtDone bool
 }
 
 func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
@@ -155,7 +156,7 @@ func (c *candidate) match(cr *imap.SearchCriteria) bool {
 		}
 	}
 	for _, t := range cr.Text {
-		c.parseHeader()
+		c.parseHeaderText()
 		c.parseBody()
 		t = strings.ToLower(t)
 		if !strings.Contains(c.hdrTxt, t) && !strings.Contains(c.body, t) {
@@ -238,13 +239,24 @@ func (c *candidate) headerHas(key, value string) bool {
 // at, so a huge attachment-like text part cannot stall the server.
 const maxSearchText = 4 << 20
 
-// parseHeader decodes the header fields once.
+// parseHeader parses the header section once.
 func (c *candidate) parseHeader() {
 	if c.hdrParsed {
 		return
 	}
 	c.hdrParsed = true
 	c.hdr = c.c.header().header
+}
+
+// parseHeaderText decodes every header field once, for TEXT. SUBJECT,
+// FROM and the other field criteria decode only the fields they name: on
+// 10,000 messages, decoding them all took a third of a SEARCH SUBJECT.
+func (c *candidate) parseHeaderText() {
+	if c.hdrTxtDone {
+		return
+	}
+	c.hdrTxtDone = true
+	c.parseHeader()
 	var ht strings.Builder
 	fields := c.hdr.Fields()
 	for fields.Next() {
