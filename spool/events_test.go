@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -279,15 +280,28 @@ func TestTailFollowOverrun(t *testing.T) {
 	release := make(chan struct{})
 	done := make(chan error, 1)
 	started := make(chan struct{})
+	var once sync.Once
 	go func() {
 		done <- e.s.Tail(context.Background(), 0, true, func(spool.Event) error {
-			close(started)
+			once.Do(func() { close(started) })
 			<-release
 			return nil
 		})
 	}()
-	e.enqueue(t, []byte("x"), rcpt("a@example.net"))
-	<-started
+	// Tail follows from the moment it has subscribed, which the test
+	// cannot see: queue messages until the follower has one.
+	deadline := time.Now().Add(10 * time.Second)
+	for waiting := true; waiting; {
+		if time.Now().After(deadline) {
+			t.Fatal("the follower got no event in 10 s")
+		}
+		e.enqueue(t, []byte("x"), rcpt("a@example.net"))
+		select {
+		case <-started:
+			waiting = false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	// The follower is stuck in fn: fill its buffer and more. Record needs no
 	// sync, so this is quick.
 	evs := make([]spool.Event, 20000)
