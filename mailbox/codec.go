@@ -97,23 +97,30 @@ type recordReader struct {
 	bad bool
 }
 
-func (r *recordReader) uvarint() uint64 {
-	x, n := binary.Uvarint(r.b)
+// skip consumes the n bytes of a varint, or marks the record bad when
+// there was none (n <= 0).
+func (r *recordReader) skip(n int) bool {
 	if n <= 0 {
 		r.bad, r.b = true, nil
-		return 0
+		return false
 	}
 	r.b = r.b[n:]
+	return true
+}
+
+func (r *recordReader) uvarint() uint64 {
+	x, n := binary.Uvarint(r.b)
+	if !r.skip(n) {
+		return 0
+	}
 	return x
 }
 
 func (r *recordReader) varint() int64 {
 	x, n := binary.Varint(r.b)
-	if n <= 0 {
-		r.bad, r.b = true, nil
+	if !r.skip(n) {
 		return 0
 	}
-	r.b = r.b[n:]
 	return x
 }
 
@@ -139,10 +146,16 @@ func getMsg(txn *badger.Txn, key []byte, m *Message) error {
 	if err != nil {
 		return err
 	}
-	return item.Value(func(v []byte) error {
-		if err := parseMessage(v, m); err != nil {
-			return fmt.Errorf("message %x: %w", key, err)
-		}
-		return nil
-	})
+	*m, err = readMsg(item)
+	return err
+}
+
+// readMsg decodes the message record item holds, with the UID from its key.
+func readMsg(item *badger.Item) (Message, error) {
+	var m Message
+	if err := item.Value(func(v []byte) error { return parseMessage(v, &m) }); err != nil {
+		return m, fmt.Errorf("message %x: %w", item.Key(), err)
+	}
+	m.UID = binary.BigEndian.Uint32(item.Key()[len(prefixMsg)+8:])
+	return m, nil
 }

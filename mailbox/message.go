@@ -125,11 +125,10 @@ func (s *Store) Messages(user, mailbox string) ([]Message, error) {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: msgPrefix(mb.ID), PrefetchValues: true})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			var m Message
-			if err := it.Item().Value(func(b []byte) error { return parseMessage(b, &m) }); err != nil {
+			m, err := readMsg(it.Item())
+			if err != nil {
 				return err
 			}
-			m.UID = binary.BigEndian.Uint32(it.Item().Key()[len(prefixMsg)+8:])
 			out = append(out, m)
 		}
 		return nil

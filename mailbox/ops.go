@@ -63,15 +63,6 @@ func applyFlags(cur []string, op FlagOp, flags []string) []string {
 	return out
 }
 
-func decodeMsg(key []byte, v []byte) (Message, error) {
-	var m Message
-	if err := parseMessage(v, &m); err != nil {
-		return m, fmt.Errorf("message %x: %w", key, err)
-	}
-	m.UID = binary.BigEndian.Uint32(key[len(prefixMsg)+8:])
-	return m, nil
-}
-
 // UIDs returns the UIDs of a mailbox in order: the sequence-number map of a
 // SELECT. Only keys are read.
 func (s *Store) UIDs(mboxID uint64) ([]uint32, error) {
@@ -107,12 +98,7 @@ func (s *Store) GetMessages(mboxID uint64, uids []uint32) ([]Message, error) {
 			if err != nil {
 				return err
 			}
-			var m Message
-			err = item.Value(func(v []byte) error {
-				var err error
-				m, err = decodeMsg(item.Key(), v)
-				return err
-			})
+			m, err := readMsg(item)
 			if err != nil {
 				return err
 			}
@@ -131,12 +117,7 @@ func (s *Store) ForEachMessage(mboxID uint64, fn func(m Message) error) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 256})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			var m Message
-			err := it.Item().Value(func(v []byte) error {
-				var err error
-				m, err = decodeMsg(it.Item().Key(), v)
-				return err
-			})
+			m, err := readMsg(it.Item())
 			if err != nil {
 				return err
 			}
@@ -216,16 +197,13 @@ func (s *Store) Expunge(user, mailbox string, uids []uint32, source any) ([]uint
 		if uids == nil {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: msgPrefix(mb.ID), PrefetchValues: true})
 			for it.Rewind(); it.Valid(); it.Next() {
-				err := it.Item().Value(func(v []byte) error {
-					m, err := decodeMsg(it.Item().Key(), v)
-					if err == nil && hasFlag(m.Flags, FlagDeleted) {
-						cands = append(cands, m)
-					}
-					return err
-				})
+				m, err := readMsg(it.Item())
 				if err != nil {
 					it.Close()
 					return err
+				}
+				if hasFlag(m.Flags, FlagDeleted) {
+					cands = append(cands, m)
 				}
 			}
 			it.Close()

@@ -256,13 +256,8 @@ func (s *Server) Mailboxes() *mailbox.Store { return s.boxes }
 // Deliverer returns the delivery loop (for test hooks).
 func (s *Server) Deliverer() *deliver.Loop { return s.loop }
 
-// trimMemory gives memory the relay no longer uses back to the kernel every
-// interval until stop is closed: the database's cold file pages, and the
-// heap that a burst left free. Without it a queue of 100,000 deferred
-// messages kept about 1 GiB resident after the burst that queued them, half
-// in mapped database files, half in Badger's pooled table builders, which
-// the collector only frees when something allocates again.
-func (s *Server) trimMemory(interval time.Duration, stop <-chan struct{}) {
+// every runs fn every interval until stop is closed.
+func every(interval time.Duration, stop <-chan struct{}, fn func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -270,12 +265,22 @@ func (s *Server) trimMemory(interval time.Duration, stop <-chan struct{}) {
 		case <-stop:
 			return
 		case <-t.C:
-			if _, err := s.db.ReleaseCold(); err != nil {
-				s.log.Warn("releasing cold database pages failed", "error", err)
-			}
-			debug.FreeOSMemory()
+			fn()
 		}
 	}
+}
+
+// trimMemory gives memory the relay no longer uses back to the kernel: the
+// database's cold file pages, and the heap that a burst left free. Without
+// it a queue of 100,000 deferred messages kept about 1 GiB resident after
+// the burst that queued them, half in mapped database files, half in
+// Badger's pooled table builders, which the collector only frees when
+// something allocates again.
+func (s *Server) trimMemory() {
+	if _, err := s.db.ReleaseCold(); err != nil {
+		s.log.Warn("releasing cold database pages failed", "error", err)
+	}
+	debug.FreeOSMemory()
 }
 
 // Run serves until ctx is cancelled, then stops accepting, lets sessions in
@@ -310,8 +315,8 @@ func (s *Server) Run(ctx context.Context) error {
 		})
 	}
 	stopGC := make(chan struct{})
-	wg.Go(func() { s.db.CollectGarbage(10*time.Minute, stopGC) })
-	wg.Go(func() { s.trimMemory(10*time.Second, stopGC) })
+	wg.Go(func() { every(10*time.Minute, stopGC, s.db.CollectGarbage) })
+	wg.Go(func() { every(10*time.Second, stopGC, s.trimMemory) })
 	loopCtx, stopLoop := context.WithCancel(context.Background())
 	wg.Go(func() { s.loop.Run(loopCtx) })
 

@@ -459,11 +459,12 @@ func (s *Spool) ScanDue(from, now time.Time, limit int) (ids []string, first, ne
 			if len(k) < 8 {
 				continue
 			}
-			at := time.Unix(0, int64(binary.BigEndian.Uint64(k)))
+			ns := binary.BigEndian.Uint64(k)
+			at := time.Unix(0, int64(ns))
 			if first.IsZero() {
 				first = at
 			}
-			if binary.BigEndian.Uint64(k) > end {
+			if ns > end {
 				next = at
 				return nil
 			}

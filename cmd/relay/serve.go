@@ -27,9 +27,7 @@ func serve(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if cfg.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(cfg.MemoryLimit)
-	}
+	applyMemoryLimit(cfg.MemoryLimit)
 	srv, err := relay.New(cfg, log)
 	if err != nil {
 		return err
@@ -50,6 +48,14 @@ func serve(args []string, stderr io.Writer) error {
 		}
 	}()
 	return srv.Run(ctx)
+}
+
+// applyMemoryLimit sets the Go heap's soft limit to limit bytes, unless
+// limit is 0 or the environment set one with GOMEMLIMIT.
+func applyMemoryLimit(limit int64) {
+	if limit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(limit)
+	}
 }
 
 // reload re-reads the command line's configuration file on SIGHUP, as the

@@ -72,7 +72,7 @@ func rssFileKiB(t *testing.T) int {
 func TestReleaseCold(t *testing.T) {
 	db, _ := openTemp(t, Options{})
 	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<20/16) // 1 MiB
-	const n = 100                                              // past one 64 MiB value-log file
+	const n = 100                                              // past several 16 MiB value-log files
 	for i := range n {
 		err := db.Update(func(txn *badger.Txn) error {
 			_, err := PutChunks(txn, fmt.Appendf(nil, "t/%03d/", i), bytes.NewReader(body))

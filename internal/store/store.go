@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
@@ -141,23 +140,14 @@ func (db *DB) Close() error {
 
 var errClosed = errors.New("database closed")
 
-// CollectGarbage rewrites value log files whose bodies were mostly deleted,
-// every interval until stop is closed. Queue traffic deletes constantly, so
-// without it the value log only grows.
-func (db *DB) CollectGarbage(interval time.Duration, stop <-chan struct{}) {
+// CollectGarbage rewrites the value log files whose bodies were mostly
+// deleted, until none is left. Queue traffic deletes constantly, so without
+// it, run every few minutes, the value log only grows.
+func (db *DB) CollectGarbage() {
 	if db.Opts().InMemory {
 		return
 	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-			for db.RunValueLogGC(0.5) == nil {
-			}
-		}
+	for db.RunValueLogGC(0.5) == nil {
 	}
 }
 

@@ -52,6 +52,16 @@ func benchServer(b *testing.B) (*testServer, *imapclient.Client) {
 	return ts, ts.login(b, nil)
 }
 
+// benchSelected is benchServer's client with INBOX selected.
+func benchSelected(b *testing.B) *imapclient.Client {
+	b.Helper()
+	_, c := benchServer(b)
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
 func BenchmarkSelect10k(b *testing.B) {
 	_, c := benchServer(b)
 	b.ReportAllocs()
@@ -68,10 +78,7 @@ func BenchmarkSelect10k(b *testing.B) {
 }
 
 func BenchmarkFetchHeaders10k(b *testing.B) {
-	_, c := benchServer(b)
-	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
-		b.Fatal(err)
-	}
+	c := benchSelected(b)
 	hdr := &imap.FetchItemBodySection{Specifier: imap.PartSpecifierHeader, HeaderFields: []string{"FROM", "TO", "SUBJECT", "DATE"}, Peek: true}
 	opts := &imap.FetchOptions{UID: true, Flags: true, Envelope: true, BodySection: []*imap.FetchItemBodySection{hdr}}
 	b.ReportAllocs()
@@ -95,10 +102,7 @@ func BenchmarkFetchHeaders10k(b *testing.B) {
 }
 
 func BenchmarkSearchBody10k(b *testing.B) {
-	_, c := benchServer(b)
-	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
-		b.Fatal(err)
-	}
+	c := benchSelected(b)
 	b.ReportAllocs()
 	for b.Loop() {
 		data, err := c.Search(&imap.SearchCriteria{Body: []string{"needle"}}, nil).Wait()
@@ -113,10 +117,7 @@ func BenchmarkSearchBody10k(b *testing.B) {
 }
 
 func BenchmarkSearchSubject10k(b *testing.B) {
-	_, c := benchServer(b)
-	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
-		b.Fatal(err)
-	}
+	c := benchSelected(b)
 	b.ReportAllocs()
 	for b.Loop() {
 		data, err := c.Search(&imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "Subject", Value: "number 4242 "}}}, nil).Wait()
@@ -131,10 +132,7 @@ func BenchmarkSearchSubject10k(b *testing.B) {
 }
 
 func BenchmarkSearchUnseen10k(b *testing.B) {
-	_, c := benchServer(b)
-	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
-		b.Fatal(err)
-	}
+	c := benchSelected(b)
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := c.Search(&imap.SearchCriteria{NotFlag: []imap.Flag{imap.FlagSeen}}, nil).Wait(); err != nil {
@@ -147,10 +145,7 @@ func BenchmarkSearchUnseen10k(b *testing.B) {
 // BenchmarkFetchBody is one client's FETCH BODY.PEEK[] of single messages,
 // as a reader opening mail one at a time.
 func BenchmarkFetchBody(b *testing.B) {
-	_, c := benchServer(b)
-	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
-		b.Fatal(err)
-	}
+	c := benchSelected(b)
 	sec := &imap.FetchItemBodySection{Peek: true}
 	b.ReportAllocs()
 	i := 0

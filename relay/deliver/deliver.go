@@ -255,49 +255,73 @@ func (l *Loop) IsLocal(rcpt string) bool {
 	return at >= 0 && slices.Contains(l.cfg.Domains, strings.ToLower(rcpt[at+1:]))
 }
 
-// process delivers the due recipients of one message.
+// isDue reports whether a recipient waits for an attempt at now.
+func isDue(r spool.Recipient, now time.Time) bool {
+	return r.State == spool.Pending && !r.NextAttempt.After(now)
+}
+
+// process delivers the due recipients of one message. It reads the message
+// once to see which deliveries it needs, and again before the remote one
+// only if a local delivery changed it in between.
 func (l *Loop) process(ctx context.Context, id string) {
-	err := l.deliverLocal(id)
-	// A conflict is contention with another delivery to the same mailbox,
-	// not a failure: try again soon, without counting an attempt.
-	for try := 1; errors.Is(err, badger.ErrConflict) && try <= 20; try++ {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Duration(try) * time.Duration(1+rand.IntN(5)) * time.Millisecond):
+	m, err := l.spool.Get(id)
+	if err != nil {
+		if !errors.Is(err, spool.ErrNotFound) {
+			l.log.Error("read queued message", "id", id, "error", err)
 		}
-		err = l.deliverLocal(id)
+		return
 	}
-	if err != nil && !errors.Is(err, spool.ErrNotFound) {
-		l.log.Error("local delivery failed", "id", id, "error", err)
-		l.deferLocal(id, err)
+	now := l.spool.Now()
+	var accounts []string
+	remote := false
+	for _, r := range m.Rcpts {
+		switch {
+		case !isDue(r, now):
+		case l.IsLocal(r.Address):
+			accounts = append(accounts, mailbox.Resolve(r.Address))
+		default:
+			remote = true
+		}
 	}
-	l.deliverRemote(ctx, id)
+	if len(accounts) > 0 {
+		err := l.deliverLocal(id, accounts)
+		// A conflict is contention with another writer of the same
+		// mailbox, not a failure: try again soon, without counting an
+		// attempt.
+		for try := 1; errors.Is(err, badger.ErrConflict) && try <= 20; try++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Duration(try) * time.Duration(1+rand.IntN(5)) * time.Millisecond):
+			}
+			err = l.deliverLocal(id, accounts)
+		}
+		if err != nil && !errors.Is(err, spool.ErrNotFound) {
+			l.log.Error("local delivery failed", "id", id, "error", err)
+			l.deferLocal(id, err)
+		}
+	}
+	if !remote {
+		return
+	}
+	if len(accounts) > 0 {
+		if m, err = l.spool.Get(id); err != nil {
+			return
+		}
+	}
+	l.deliverRemote(ctx, m)
 }
 
 // deliverLocal files every due local recipient of message id in one
 // transaction: one blob, one INBOX entry per distinct account, and the
-// recipients' final state.
-func (l *Loop) deliverLocal(id string) error {
+// recipients' final state. accounts are those the caller saw due; their
+// delivery locks are taken before the transaction begins, since its
+// snapshot must already hold the previous delivery into the same mailbox.
+func (l *Loop) deliverLocal(id string, accounts []string) error {
 	now := l.spool.Now()
-	m, err := l.spool.Get(id)
-	if err != nil {
-		return err
-	}
-	var due []string
-	for _, r := range m.Rcpts {
-		if r.State == spool.Pending && !r.NextAttempt.After(now) && l.IsLocal(r.Address) {
-			due = append(due, mailbox.Resolve(r.Address))
-		}
-	}
-	if len(due) == 0 {
-		return nil
-	}
-	// The locks go before the transaction begins: its snapshot must
-	// already hold the previous delivery into the same mailbox.
-	defer l.lockBoxes(due)()
+	defer l.lockBoxes(accounts)()
 	var users []string
-	err = l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
+	err := l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
 		users = users[:0]
 		var idx, report []int
 		defer func() {
@@ -306,7 +330,7 @@ func (l *Loop) deliverLocal(id string) error {
 			}
 		}()
 		for i, r := range m.Rcpts {
-			if r.State != spool.Pending || r.NextAttempt.After(now) || !l.IsLocal(r.Address) {
+			if !isDue(r, now) || !l.IsLocal(r.Address) {
 				continue
 			}
 			u := mailbox.Resolve(r.Address)
@@ -363,7 +387,7 @@ func (l *Loop) deferLocal(id string, cause error) {
 	now := l.spool.Now()
 	err := l.spool.Update(id, func(_ *spool.Tx, m *spool.Message) error {
 		for i, r := range m.Rcpts {
-			if r.State == spool.Pending && !r.NextAttempt.After(now) && l.IsLocal(r.Address) {
+			if isDue(r, now) && l.IsLocal(r.Address) {
 				l.retryLater(&m.Rcpts[i], now, fmt.Sprintf("451 4.3.0 local delivery failed: %v", cause))
 			}
 		}
@@ -374,16 +398,13 @@ func (l *Loop) deferLocal(id string, cause error) {
 	}
 }
 
-// deliverRemote hands due remote recipients to the transport.
-func (l *Loop) deliverRemote(ctx context.Context, id string) {
+// deliverRemote hands the due remote recipients of m to the transport.
+func (l *Loop) deliverRemote(ctx context.Context, m *spool.Message) {
 	now := l.spool.Now()
-	m, err := l.spool.Get(id)
-	if err != nil {
-		return
-	}
+	id := m.ID
 	var idx []int
 	for i, r := range m.Rcpts {
-		if r.State == spool.Pending && !r.NextAttempt.After(now) && !l.IsLocal(r.Address) {
+		if isDue(r, now) && !l.IsLocal(r.Address) {
 			idx = append(idx, i)
 		}
 	}
@@ -408,7 +429,7 @@ func (l *Loop) deliverRemote(ctx context.Context, id string) {
 	} else {
 		outcomes = l.remote.Deliver(ctx, m, idx, started)
 	}
-	err = l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
+	err := l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
 		var report []int
 		for j, i := range idx {
 			rc, o := &m.Rcpts[i], outcomes[j]
