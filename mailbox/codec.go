@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/relaymail/relay/internal/record"
 )
 
 // A message record is read on every SEARCH, FETCH and SELECT over a
@@ -26,14 +28,12 @@ var errBadRecord = errors.New("malformed message record")
 // appendMessage appends m's record (without its UID, which is in the key).
 func appendMessage(b []byte, m Message) []byte {
 	b = append(b, msgFormat)
-	b = binary.AppendUvarint(b, uint64(len(m.Blob)))
-	b = append(b, m.Blob...)
-	b = binary.AppendVarint(b, m.Size)
-	b = binary.AppendVarint(b, m.Date.Unix())
-	b = binary.AppendUvarint(b, uint64(len(m.Flags)))
+	b = record.AppendString(b, m.Blob)
+	b = record.AppendVarint(b, m.Size)
+	b = record.AppendVarint(b, m.Date.Unix())
+	b = record.AppendUvarint(b, uint64(len(m.Flags)))
 	for _, f := range m.Flags {
-		b = binary.AppendUvarint(b, uint64(len(f)))
-		b = append(b, f...)
+		b = record.AppendString(b, f)
 	}
 	return b
 }
@@ -47,22 +47,19 @@ func parseMessage(v []byte, m *Message) error {
 	if len(v) == 0 || v[0] != msgFormat {
 		return errBadRecord
 	}
-	r := recordReader{b: v[1:]}
-	m.Blob = string(r.bytes())
-	m.Size = r.varint()
-	m.Date = time.Unix(r.varint(), 0).UTC()
-	n := r.uvarint()
-	if n > uint64(len(r.b)) { // every flag takes at least a byte
-		return errBadRecord
-	}
+	r := record.NewReader(v[1:])
+	m.Blob = r.String()
+	m.Size = r.Varint()
+	m.Date = time.Unix(r.Varint(), 0).UTC()
+	n := r.Count(1)
 	m.Flags = nil
 	if n > 0 {
 		m.Flags = make([]string, 0, n)
 	}
 	for range n {
-		m.Flags = append(m.Flags, flagString(r.bytes()))
+		m.Flags = append(m.Flags, flagString(r.Bytes()))
 	}
-	if r.bad || len(r.b) != 0 {
+	if r.Err() != nil {
 		return errBadRecord
 	}
 	return nil
@@ -89,50 +86,6 @@ func flagString(b []byte) string {
 		return `$Forwarded`
 	}
 	return string(b)
-}
-
-// recordReader reads the fields of a record; a short or bad field sets bad.
-type recordReader struct {
-	b   []byte
-	bad bool
-}
-
-// skip consumes the n bytes of a varint, or marks the record bad when
-// there was none (n <= 0).
-func (r *recordReader) skip(n int) bool {
-	if n <= 0 {
-		r.bad, r.b = true, nil
-		return false
-	}
-	r.b = r.b[n:]
-	return true
-}
-
-func (r *recordReader) uvarint() uint64 {
-	x, n := binary.Uvarint(r.b)
-	if !r.skip(n) {
-		return 0
-	}
-	return x
-}
-
-func (r *recordReader) varint() int64 {
-	x, n := binary.Varint(r.b)
-	if !r.skip(n) {
-		return 0
-	}
-	return x
-}
-
-func (r *recordReader) bytes() []byte {
-	n := r.uvarint()
-	if n > uint64(len(r.b)) {
-		r.bad, r.b = true, nil
-		return nil
-	}
-	out := r.b[:n]
-	r.b = r.b[n:]
-	return out
 }
 
 // putMsg stores m's record at key.

@@ -17,7 +17,7 @@
 // Keys (all under the "q/" prefix, which the spool owns in the shared
 // database):
 //
-//	q/e/<id>                 envelope (JSON)
+//	q/e/<id>                 envelope (codec.go)
 //	q/b/<id><chunk:u32 BE>   body, in store.BodyChunk pieces (store.PutChunks)
 //	q/d/<due:u64 BE ns><id>  due index, empty value
 //
@@ -29,7 +29,6 @@ package spool
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -339,11 +338,7 @@ func (s *Spool) putEnvelope(tx *Tx, m *Message) error {
 		tx.noteDue(due)
 	}
 	m.Due = due
-	v, err := json.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("encode envelope: %w", err)
-	}
-	if err := txn.Set(envKey(m.ID), v); err != nil {
+	if err := txn.Set(envKey(m.ID), appendEnvelope(nil, m)); err != nil {
 		return fmt.Errorf("store envelope: %w", err)
 	}
 	return nil
@@ -359,7 +354,7 @@ func GetTxn(txn *badger.Txn, id string) (*Message, error) {
 		return nil, fmt.Errorf("read %s: %w", id, err)
 	}
 	m := new(Message)
-	err = item.Value(func(v []byte) error { return json.Unmarshal(v, m) })
+	err = item.Value(func(v []byte) error { return parseEnvelope(v, m) })
 	if err != nil {
 		return nil, fmt.Errorf("decode %s: %w", id, err)
 	}
@@ -385,7 +380,7 @@ func (s *Spool) List() ([]*Message, error) {
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			m := new(Message)
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, m) }); err != nil {
+			if err := it.Item().Value(func(v []byte) error { return parseEnvelope(v, m) }); err != nil {
 				return fmt.Errorf("decode %s: %w", it.Item().Key(), err)
 			}
 			out = append(out, m)
@@ -422,7 +417,7 @@ func (s *Spool) Oldest() (time.Time, error) {
 			return nil
 		}
 		var m Message
-		if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &m) }); err != nil {
+		if err := it.Item().Value(func(v []byte) error { return parseEnvelope(v, &m) }); err != nil {
 			return fmt.Errorf("decode %s: %w", it.Item().Key(), err)
 		}
 		t = m.Arrived

@@ -206,12 +206,12 @@ func printQueue(w io.Writer, ms []*spool.Message, now time.Time) {
 func printShown(w io.Writer, sh *relay.Shown) {
 	m := sh.Message
 	fmt.Fprintf(w, "id:       %s\narrived:  %s\nclient:   %s (helo %s)\nfrom:     <%s>\nsize:     %d\n",
-		m.ID, m.Arrived.Format(time.RFC3339), m.ClientIP, m.Helo, m.From, m.Size)
+		m.ID, m.Arrived.Local().Format(time.RFC3339), m.ClientIP, m.Helo, m.From, m.Size)
 	if m.Hold {
 		fmt.Fprintln(w, "hold:     yes")
 	}
 	for _, r := range m.Rcpts {
-		fmt.Fprintf(w, "rcpt:     <%s> %s, %d attempt(s), next %s", r.Address, r.State, r.Attempts, r.NextAttempt.Format(time.RFC3339))
+		fmt.Fprintf(w, "rcpt:     <%s> %s, %d attempt(s), next %s", r.Address, r.State, r.Attempts, r.NextAttempt.Local().Format(time.RFC3339))
 		if r.LastError != "" {
 			fmt.Fprintf(w, ", last error: %s", r.LastError)
 		}
