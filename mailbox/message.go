@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -31,12 +32,76 @@ func NewBlobID() string { return ulid.Make().String() }
 
 // PutBlobTxn stores a body once for refs holders and returns its size. The
 // blob ID must be unique (a queue ID serves: one delivery per message).
+// The header section is also kept apart (Head), up to maxHead bytes.
 func PutBlobTxn(txn *badger.Txn, blob string, body io.Reader, refs uint32) (int64, error) {
-	size, err := store.PutChunks(txn, []byte(prefixBlob+blob), body)
+	hc := &headCapture{r: body}
+	size, err := store.PutChunks(txn, []byte(prefixBlob+blob), hc)
 	if err != nil {
 		return 0, fmt.Errorf("store blob %s: %w", blob, err)
 	}
+	if head := hc.head(size); head != nil {
+		if err := txn.Set(headKey(blob), head); err != nil {
+			return 0, fmt.Errorf("store blob %s header: %w", blob, err)
+		}
+	}
 	return size, txn.Set(refKey(blob), binary.BigEndian.AppendUint32(nil, refs))
+}
+
+// maxHead is the longest header section stored apart from its body. Real
+// headers, DKIM signatures and Received chains included, are a few KiB; a
+// longer one is read from the body like a message without a stored header.
+const maxHead = 32 << 10
+
+// headCapture passes a body through and keeps its header section: the
+// bytes up to and including the first empty line, which is where IMAP's
+// header parser ends it too.
+type headCapture struct {
+	r    io.Reader
+	buf  []byte
+	line int  // start of the line in buf not yet seen whole
+	end  int  // length of the header section, once found
+	full bool // the header section is longer than maxHead
+}
+
+func (h *headCapture) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	if h.end == 0 && !h.full && n > 0 {
+		take := min(n, maxHead-len(h.buf))
+		h.buf = append(h.buf, p[:take]...)
+		h.scan()
+		if h.end == 0 && len(h.buf) == maxHead && take < n {
+			h.full = true
+		}
+	}
+	return n, err
+}
+
+// scan looks for the empty line among the whole lines of buf.
+func (h *headCapture) scan() {
+	for h.end == 0 {
+		j := bytes.IndexByte(h.buf[h.line:], '\n')
+		if j < 0 {
+			return
+		}
+		if j == 0 || j == 1 && h.buf[h.line] == '\r' {
+			h.end = h.line + j + 1
+			h.buf = h.buf[:h.end]
+			return
+		}
+		h.line += j + 1
+	}
+}
+
+// head returns the header section of a body of size bytes: up to the empty
+// line, or the whole body when it has none and fits, else nil.
+func (h *headCapture) head(size int64) []byte {
+	switch {
+	case h.end > 0:
+		return h.buf[:h.end]
+	case !h.full && int64(len(h.buf)) == size && size > 0:
+		return h.buf
+	}
+	return nil
 }
 
 // refs reads blob's reference count.
@@ -66,6 +131,9 @@ func unrefBlob(txn *badger.Txn, blob string, size int64) error {
 		return txn.Set(refKey(blob), binary.BigEndian.AppendUint32(nil, n-1))
 	}
 	if err := store.DeleteChunks(txn, []byte(prefixBlob+blob), size); err != nil {
+		return err
+	}
+	if err := txn.Delete(headKey(blob)); err != nil {
 		return err
 	}
 	return txn.Delete(refKey(blob))
@@ -139,6 +207,29 @@ func (s *Store) Messages(user, mailbox string) ([]Message, error) {
 // Open returns a reader over a message's body.
 func (s *Store) Open(m Message) io.Reader {
 	return store.ChunkReader(s.db, nil, []byte(prefixBlob+m.Blob), m.Size)
+}
+
+// Head returns the stored header section of m: the bytes of its body up to
+// and including the empty line that ends the header. ok is false when none
+// was stored (a header over maxHead, or a blob older than the header
+// store); the body has it then.
+func (s *Store) Head(m Message) (head []byte, ok bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(headKey(m.Blob))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		head, err = item.ValueCopy(nil)
+		ok = err == nil
+		return err
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("read header of %s: %w", m.Blob, err)
+	}
+	return head, ok, nil
 }
 
 // Append stores a new message (IMAP APPEND) in user's mailbox and returns

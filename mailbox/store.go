@@ -19,8 +19,9 @@
 //
 //	m/u/<user>                   account (JSON)
 //	m/n/<user>\x00<mailbox>      mailbox (JSON)
-//	m/x/<mailbox id:u64><uid:u32> message record (JSON)
+//	m/x/<mailbox id:u64><uid:u32> message record (codec.go)
 //	m/b/<blob><chunk:u32>        blob body chunks
+//	m/h/<blob>                   the blob's header section, when short
 //	m/r/<blob>                   blob reference count (u32)
 //	m/seq/mailbox, m/seq/uidvalidity  counters
 package mailbox
@@ -200,6 +201,7 @@ const (
 	prefixMsg     = "m/x/"
 	prefixBlob    = "m/b/"
 	prefixRef     = "m/r/"
+	prefixHead    = "m/h/"
 	keySeqMailbox = "m/seq/mailbox"
 	keySeqUIDV    = "m/seq/uidvalidity"
 )
@@ -223,6 +225,8 @@ func blobKey(blob string, chunk uint32) []byte {
 }
 
 func refKey(blob string) []byte { return []byte(prefixRef + blob) }
+
+func headKey(blob string) []byte { return []byte(prefixHead + blob) }
 
 func getJSON(txn *badger.Txn, key []byte, v any) error {
 	item, err := txn.Get(key)

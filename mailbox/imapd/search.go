@@ -245,7 +245,7 @@ func (c *candidate) parseHeader() {
 		return
 	}
 	c.hdrParsed = true
-	c.hdr = c.c.header().header
+	c.hdr = c.c.headerFields()
 }
 
 // parseHeaderText decodes every header field once, for TEXT. SUBJECT,
