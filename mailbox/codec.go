@@ -112,3 +112,75 @@ func readMsg(item *badger.Item) (Message, error) {
 	m.UID = binary.BigEndian.Uint32(item.Key()[len(prefixMsg)+8:])
 	return m, nil
 }
+
+// A mailbox record is read and rewritten by every delivery into the mailbox
+// (UIDNEXT and the counters) and read by every SELECT and STATUS:
+//
+//	0x01 | uvarint id | user | name | special use | uvarint uidvalidity |
+//	uvarint uidnext | subscribed | uvarint messages | varint size |
+//	uvarint unseen | uvarint first recent
+//
+// with strings and the boolean as internal/record writes them. Records
+// written as JSON still read.
+const mailboxFormat = 0x01
+
+func appendMailbox(b []byte, mb *Mailbox) []byte {
+	b = append(b, mailboxFormat)
+	b = record.AppendUvarint(b, mb.ID)
+	b = record.AppendString(b, mb.User)
+	b = record.AppendString(b, mb.Name)
+	b = record.AppendString(b, mb.SpecialUse)
+	b = record.AppendUvarint(b, uint64(mb.UIDValidity))
+	b = record.AppendUvarint(b, uint64(mb.UIDNext))
+	b = record.AppendBool(b, mb.Subscribed)
+	b = record.AppendUvarint(b, uint64(mb.Messages))
+	b = record.AppendVarint(b, mb.Size)
+	b = record.AppendUvarint(b, uint64(mb.Unseen))
+	b = record.AppendUvarint(b, uint64(mb.FirstRecent))
+	return b
+}
+
+func parseMailbox(v []byte, mb *Mailbox) error {
+	if len(v) > 0 && v[0] == '{' {
+		return json.Unmarshal(v, mb)
+	}
+	if len(v) == 0 || v[0] != mailboxFormat {
+		return errBadRecord
+	}
+	r := record.NewReader(v[1:])
+	*mb = Mailbox{
+		ID:          r.Uvarint(),
+		User:        r.String(),
+		Name:        r.String(),
+		SpecialUse:  r.String(),
+		UIDValidity: r.Uint32(),
+		UIDNext:     r.Uint32(),
+		Subscribed:  r.Bool(),
+		Messages:    r.Uint32(),
+		Size:        r.Varint(),
+		Unseen:      r.Uint32(),
+		FirstRecent: r.Uint32(),
+	}
+	if r.Err() != nil {
+		return errBadRecord
+	}
+	return nil
+}
+
+// putMailbox stores mb under its key.
+func putMailbox(txn *badger.Txn, mb *Mailbox) error {
+	return putMailboxAt(txn, mailboxKey(mb.User, mb.Name), mb)
+}
+
+func putMailboxAt(txn *badger.Txn, key []byte, mb *Mailbox) error {
+	return txn.Set(key, appendMailbox(nil, mb))
+}
+
+// readMailbox decodes the mailbox record item holds.
+func readMailbox(item *badger.Item) (*Mailbox, error) {
+	mb := new(Mailbox)
+	if err := item.Value(func(v []byte) error { return parseMailbox(v, mb) }); err != nil {
+		return nil, fmt.Errorf("mailbox %q: %w", item.Key(), err)
+	}
+	return mb, nil
+}

@@ -74,3 +74,60 @@ func FuzzMessageRecord(f *testing.F) {
 		}
 	})
 }
+
+var sampleMailboxes = []Mailbox{
+	{ID: 1, User: "u@example.test", Name: "INBOX", UIDValidity: 1764620000, UIDNext: 1, Subscribed: true},
+	{ID: 1 << 40, User: "ü@example.test", Name: "Archive/2026", SpecialUse: `\Archive`, UIDValidity: 1<<32 - 1,
+		UIDNext: 100001, Messages: 100000, Size: 5 << 30, Unseen: 7, FirstRecent: 99990},
+}
+
+func TestMailboxRecord(t *testing.T) {
+	for _, mb := range sampleMailboxes {
+		var got Mailbox
+		if err := parseMailbox(appendMailbox(nil, &mb), &got); err != nil {
+			t.Fatalf("parse(append(%+v)): %v", mb, err)
+		}
+		if got != mb {
+			t.Errorf("round trip: got %+v, want %+v", got, mb)
+		}
+		// Mailboxes written before the binary form are JSON.
+		js, _ := json.Marshal(mb)
+		got = Mailbox{}
+		if err := parseMailbox(js, &got); err != nil || got != mb {
+			t.Errorf("JSON %s: got %+v, %v", js, got, err)
+		}
+	}
+}
+
+func TestMailboxRecordMalformed(t *testing.T) {
+	good := appendMailbox(nil, &sampleMailboxes[1])
+	big := append([]byte{mailboxFormat, 1, 0, 0, 0}, 0x80, 0x80, 0x80, 0x80, 0x10) // UIDVALIDITY of 2^32
+	for name, v := range map[string][]byte{
+		"empty":            nil,
+		"unknown format":   {0x02},
+		"truncated":        good[:len(good)-1],
+		"trailing bytes":   append(append([]byte(nil), good...), 0),
+		"uid over 32 bits": append(big, make([]byte, 8)...),
+	} {
+		var mb Mailbox
+		if err := parseMailbox(v, &mb); err == nil {
+			t.Errorf("%s: parsed %x as %+v, want an error", name, v, mb)
+		}
+	}
+}
+
+func FuzzMailboxRecord(f *testing.F) {
+	for _, mb := range sampleMailboxes {
+		f.Add(appendMailbox(nil, &mb))
+	}
+	f.Fuzz(func(t *testing.T, v []byte) {
+		var mb Mailbox
+		if parseMailbox(v, &mb) != nil || (len(v) > 0 && v[0] == '{') {
+			return
+		}
+		var again Mailbox
+		if err := parseMailbox(appendMailbox(nil, &mb), &again); err != nil || again != mb {
+			t.Fatalf("%x parsed as %+v; encoded and parsed again: %+v, %v", v, mb, again, err)
+		}
+	})
+}

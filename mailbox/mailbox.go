@@ -61,7 +61,7 @@ func (s *Store) createMailboxTxn(txn *badger.Txn, user, name, specialUse string)
 		return nil, err
 	}
 	mb := &Mailbox{ID: id, User: user, Name: name, SpecialUse: specialUse, UIDValidity: uint32(uv), UIDNext: 1, Subscribed: true}
-	return mb, putJSON(txn, mailboxKey(user, name), mb)
+	return mb, putMailboxAt(txn, mailboxKey(user, name), mb)
 }
 
 // CreateMailbox makes a mailbox for user.
@@ -81,12 +81,14 @@ func (s *Store) CreateMailbox(user, name, specialUse string) (*Mailbox, error) {
 
 // GetMailboxTxn reads one of user's mailboxes inside txn.
 func GetMailboxTxn(txn *badger.Txn, user, name string) (*Mailbox, error) {
-	mb := new(Mailbox)
-	err := getJSON(txn, mailboxKey(NormalizeUser(user), CanonicalName(name)), mb)
+	item, err := txn.Get(mailboxKey(NormalizeUser(user), CanonicalName(name)))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, fmt.Errorf("%s: %w", name, ErrNoMailbox)
 	}
-	return mb, err
+	if err != nil {
+		return nil, err
+	}
+	return readMailbox(item)
 }
 
 // GetMailbox reads one of user's mailboxes.
@@ -108,8 +110,8 @@ func (s *Store) Mailboxes(user string) ([]*Mailbox, error) {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: mailboxPrefix(user), PrefetchValues: true})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
-			mb := new(Mailbox)
-			if err := it.Item().Value(func(b []byte) error { return jsonUnmarshal(b, mb) }); err != nil {
+			mb, err := readMailbox(it.Item())
+			if err != nil {
 				return err
 			}
 			out = append(out, mb)

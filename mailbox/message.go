@@ -3,7 +3,6 @@ package mailbox
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,8 +22,6 @@ type Message struct {
 	Date  time.Time `json:"d"` // IMAP internal date
 	Flags []string  `json:"f,omitempty"`
 }
-
-func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
 // NewBlobID returns a fresh blob ID for a body that does not come from the
 // spool (IMAP APPEND).
@@ -54,42 +51,53 @@ const maxHead = 32 << 10
 
 // headCapture passes a body through and keeps its header section: the
 // bytes up to and including the first empty line, which is where IMAP's
-// header parser ends it too.
+// header parser ends it too. It copies no more than that.
 type headCapture struct {
-	r    io.Reader
-	buf  []byte
-	line int  // start of the line in buf not yet seen whole
-	end  int  // length of the header section, once found
-	full bool // the header section is longer than maxHead
+	r       io.Reader
+	buf     []byte
+	lineLen int  // bytes of the current line seen so far
+	lineCR  bool // the current line so far is a lone CR
+	end     int  // length of the header section, once found
+	full    bool // the header section is longer than maxHead
 }
 
 func (h *headCapture) Read(p []byte) (int, error) {
 	n, err := h.r.Read(p)
 	if h.end == 0 && !h.full && n > 0 {
-		take := min(n, maxHead-len(h.buf))
-		h.buf = append(h.buf, p[:take]...)
-		h.scan()
-		if h.end == 0 && len(h.buf) == maxHead && take < n {
-			h.full = true
-		}
+		h.take(p[:n])
 	}
 	return n, err
 }
 
-// scan looks for the empty line among the whole lines of buf.
-func (h *headCapture) scan() {
-	for h.end == 0 {
-		j := bytes.IndexByte(h.buf[h.line:], '\n')
+// take scans b for the empty line and keeps what belongs to the header.
+func (h *headCapture) take(b []byte) {
+	room := maxHead - len(h.buf)
+	for i := 0; i < len(b); {
+		j := bytes.IndexByte(b[i:], '\n')
 		if j < 0 {
+			h.lineCR = h.lineLen == 0 && len(b)-i == 1 && b[i] == '\r'
+			h.lineLen += len(b) - i
+			break
+		}
+		blank := h.lineLen+j == 0 ||
+			h.lineLen+j == 1 && (j == 1 && b[i] == '\r' || j == 0 && h.lineCR)
+		h.lineLen, h.lineCR = 0, false
+		i += j + 1
+		if blank {
+			if i > room {
+				h.full = true
+				return
+			}
+			h.buf = append(h.buf, b[:i]...)
+			h.end = len(h.buf)
 			return
 		}
-		if j == 0 || j == 1 && h.buf[h.line] == '\r' {
-			h.end = h.line + j + 1
-			h.buf = h.buf[:h.end]
-			return
-		}
-		h.line += j + 1
 	}
+	if len(b) > room {
+		h.full = true
+		return
+	}
+	h.buf = append(h.buf, b...)
 }
 
 // head returns the header section of a body of size bytes: up to the empty
@@ -157,7 +165,7 @@ func AppendTxn(txn *badger.Txn, user, mailbox, blob string, size int64, date tim
 	if err := putMsg(txn, msgKey(mb.ID, uid), m); err != nil {
 		return nil, 0, err
 	}
-	if err := putJSON(txn, mailboxKey(mb.User, mb.Name), mb); err != nil {
+	if err := putMailbox(txn, mb); err != nil {
 		return nil, 0, err
 	}
 	return mb, uid, nil

@@ -2,7 +2,6 @@ package mailbox
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -168,7 +167,7 @@ func (s *Store) SetFlags(user, mailbox string, uids []uint32, op FlagOp, flags [
 			}
 			changes = append(changes, FlagChange{UID: uid, Flags: m.Flags})
 		}
-		return putJSON(txn, mailboxKey(mb.User, mb.Name), mb)
+		return putMailbox(txn, mb)
 	})
 	if err != nil {
 		return nil, err
@@ -227,7 +226,7 @@ func (s *Store) Expunge(user, mailbox string, uids []uint32, source any) ([]uint
 			}
 			gone = append(gone, m.UID)
 		}
-		return putJSON(txn, mailboxKey(mb.User, mb.Name), mb)
+		return putMailbox(txn, mb)
 	})
 	if err != nil {
 		return nil, err
@@ -315,11 +314,11 @@ func (s *Store) Copy(user, src, dst string, uids []uint32, move bool, source any
 			res.DstUIDs = append(res.DstUIDs, newUID)
 		}
 		if !same {
-			if err := putJSON(txn, mailboxKey(from.User, from.Name), from); err != nil {
+			if err := putMailbox(txn, from); err != nil {
 				return err
 			}
 		}
-		return putJSON(txn, mailboxKey(to.User, to.Name), to)
+		return putMailbox(txn, to)
 	})
 	if err != nil {
 		return nil, err
@@ -358,7 +357,7 @@ func (s *Store) ClaimRecent(user, mailbox string) (first, next uint32, err error
 			return nil
 		}
 		mb.FirstRecent = next
-		return putJSON(txn, mailboxKey(mb.User, mb.Name), mb)
+		return putMailbox(txn, mb)
 	})
 	return first, next, err
 }
@@ -423,7 +422,7 @@ func (s *Store) RenameMailbox(user, old, new string) error {
 				return err
 			}
 			mb.Name = new + rest
-			if err := putJSON(txn, mailboxKey(user, mb.Name), mb); err != nil {
+			if err := putMailboxAt(txn, mailboxKey(user, mb.Name), mb); err != nil {
 				return err
 			}
 		}
@@ -464,8 +463,8 @@ func mailboxesTxn(txn *badger.Txn, user string) ([]*Mailbox, error) {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: mailboxPrefix(user), PrefetchValues: true})
 	defer it.Close()
 	for it.Rewind(); it.Valid(); it.Next() {
-		mb := new(Mailbox)
-		if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, mb) }); err != nil {
+		mb, err := readMailbox(it.Item())
+		if err != nil {
 			return nil, err
 		}
 		out = append(out, mb)
@@ -481,6 +480,6 @@ func (s *Store) SetSubscribed(user, name string, on bool) error {
 			return err
 		}
 		mb.Subscribed = on
-		return putJSON(txn, mailboxKey(mb.User, mb.Name), mb)
+		return putMailbox(txn, mb)
 	})
 }

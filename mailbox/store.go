@@ -18,7 +18,7 @@
 // Keys (all under the "m/" prefix):
 //
 //	m/u/<user>                   account (JSON)
-//	m/n/<user>\x00<mailbox>      mailbox (JSON)
+//	m/n/<user>\x00<mailbox>      mailbox (codec.go)
 //	m/x/<mailbox id:u64><uid:u32> message record (codec.go)
 //	m/b/<blob><chunk:u32>        blob body chunks
 //	m/h/<blob>                   the blob's header section, when short

@@ -13,6 +13,7 @@ package record
 import (
 	"encoding/binary"
 	"errors"
+	"math"
 	"time"
 )
 
@@ -74,6 +75,16 @@ func (r *Reader) Uvarint() uint64 {
 		return 0
 	}
 	return x
+}
+
+// Uint32 reads an unsigned varint that must fit 32 bits.
+func (r *Reader) Uint32() uint32 {
+	x := r.Uvarint()
+	if x > math.MaxUint32 {
+		r.bad, r.b = true, nil
+		return 0
+	}
+	return uint32(x)
 }
 
 // Varint reads a signed varint.

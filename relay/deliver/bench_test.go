@@ -34,7 +34,10 @@ func BenchmarkLocalDelivery(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			body := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n"), 64)
+			// About 4 KiB: a header, then text.
+			body := append([]byte("From: <sender@example.org>\r\nTo: <user@example.test>\r\nSubject: bench\r\n"+
+				"Date: Tue, 01 Dec 2026 22:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\n"),
+				bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n"), 62)...)
 			for i := range b.N {
 				m := &spool.Message{ID: sp.NewID(), From: "sender@example.org",
 					Rcpts: []spool.Recipient{{Address: users[i%accounts]}}}
