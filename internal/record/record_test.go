@@ -10,6 +10,7 @@ func TestRoundTrip(t *testing.T) {
 	at := time.Date(2026, 12, 1, 22, 0, 0, 1, time.UTC)
 	var b []byte
 	b = AppendUvarint(b, 1<<40)
+	b = AppendUvarint(b, 1<<32-1)
 	b = AppendVarint(b, -5)
 	b = AppendString(b, "käse")
 	b = AppendString(b, "")
@@ -24,6 +25,9 @@ func TestRoundTrip(t *testing.T) {
 	r := NewReader(b)
 	if got := r.Uvarint(); got != 1<<40 {
 		t.Errorf("Uvarint = %d", got)
+	}
+	if got := r.Uint32(); got != 1<<32-1 {
+		t.Errorf("Uint32 = %d", got)
 	}
 	if got := r.Varint(); got != -5 {
 		t.Errorf("Varint = %d", got)
@@ -64,6 +68,7 @@ func TestMalformed(t *testing.T) {
 		"leftover bytes":       func(r *Reader) {},
 		"time of nothing":      func(r *Reader) { r.Bytes(); r.Bytes(); r.Time() },
 		"bad after good reads": func(r *Reader) { r.Uvarint(); r.Uvarint(); r.Uvarint() },
+		"uint32 out of range":  func(r *Reader) { r.Uint32() },
 	} {
 		var in []byte
 		switch name {
@@ -80,6 +85,8 @@ func TestMalformed(t *testing.T) {
 			in = []byte{0, 0}
 		case "bad after good reads":
 			in = []byte{1, 0x80}
+		case "uint32 out of range":
+			in = AppendUvarint(nil, 1<<32)
 		}
 		r := NewReader(in)
 		read(r)
