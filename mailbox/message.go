@@ -223,21 +223,24 @@ func (s *Store) Open(m Message) io.Reader {
 // store); the body has it then.
 func (s *Store) Head(m Message) (head []byte, ok bool, err error) {
 	err = s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(headKey(m.Blob))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		head, err = item.ValueCopy(nil)
-		ok = err == nil
+		head, ok, err = headTxn(txn, m)
 		return err
 	})
-	if err != nil {
-		return nil, false, fmt.Errorf("read header of %s: %w", m.Blob, err)
+	return head, ok, err
+}
+
+func headTxn(txn *badger.Txn, m Message) ([]byte, bool, error) {
+	item, err := txn.Get(headKey(m.Blob))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, false, nil
 	}
-	return head, ok, nil
+	if err == nil {
+		var head []byte
+		if head, err = item.ValueCopy(nil); err == nil {
+			return head, true, nil
+		}
+	}
+	return nil, false, fmt.Errorf("read header of %s: %w", m.Blob, err)
 }
 
 // Append stores a new message (IMAP APPEND) in user's mailbox and returns

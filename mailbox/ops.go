@@ -111,22 +111,37 @@ func (s *Store) GetMessages(mboxID uint64, uids []uint32) ([]Message, error) {
 // ForEachMessage calls fn for every message of a mailbox in UID order, with
 // values prefetched; fn must not keep m.Flags beyond the call.
 func (s *Store) ForEachMessage(mboxID uint64, fn func(m Message) error) error {
+	return s.ForEachMessageIn(mboxID, func(m Message, _ *TxnReader) error { return fn(m) })
+}
+
+// ForEachMessageIn is ForEachMessage with a reader of the same transaction,
+// for a caller that reads more of some messages (SEARCH): a transaction per
+// message cost as much as the reads.
+func (s *Store) ForEachMessageIn(mboxID uint64, fn func(m Message, r *TxnReader) error) error {
 	return s.db.View(func(txn *badger.Txn) error {
 		prefix := msgPrefix(mboxID)
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 256})
 		defer it.Close()
+		r := &TxnReader{txn: txn}
 		for it.Rewind(); it.Valid(); it.Next() {
 			m, err := readMsg(it.Item())
 			if err != nil {
 				return err
 			}
-			if err := fn(m); err != nil {
+			if err := fn(m, r); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
 }
+
+// TxnReader reads message data inside a read transaction; it is valid only
+// during the call that handed it out.
+type TxnReader struct{ txn *badger.Txn }
+
+// Head is Store.Head inside the reader's transaction.
+func (r *TxnReader) Head(m Message) ([]byte, bool, error) { return headTxn(r.txn, m) }
 
 // FlagChange is one message's new flags after SetFlags.
 type FlagChange struct {

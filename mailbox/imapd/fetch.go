@@ -19,12 +19,16 @@ import (
 // What needs only the header (ENVELOPE, BODY[HEADER...], SEARCH on header
 // fields) reads the header section the store keeps apart, not the body.
 type content struct {
-	boxes *mailbox.Store
-	m     mailbox.Message
-	data  []byte
-	head  []byte  // the stored header section, when read instead of data
-	tree  *entity // the MIME structure, parsed on first use
-	top   *entity // the header section only, if tree is not parsed
+	boxes  *mailbox.Store
+	m      mailbox.Message
+	data   []byte
+	head   []byte // the stored header section, when read instead of data
+	noHead bool   // the store has no header section for the message
+	// in, when set, reads the stored header section in a transaction
+	// that visits many messages.
+	in   *mailbox.TxnReader
+	tree *entity // the MIME structure, parsed on first use
+	top  *entity // the header section only, if tree is not parsed
 	// fields is the top-level header alone, parsed from head without
 	// the MIME parser, for what needs no offsets or media type.
 	fields *textproto.Header
@@ -83,12 +87,7 @@ func (c *content) header() *entity {
 	if c.top != nil {
 		return c.top
 	}
-	if c.data == nil && c.head == nil {
-		if head, ok, err := c.boxes.Head(c.m); err == nil && ok {
-			c.head = head
-		}
-	}
-	if c.data == nil && c.head != nil {
+	if c.data == nil && c.storedHead() != nil {
 		// Parsing the stored header section ends where parsing the
 		// message would: at the same empty line, or at the end of a
 		// message that is all header.
@@ -97,6 +96,20 @@ func (c *content) header() *entity {
 	}
 	c.top = parseTop(c.reader(), c.m.Size)
 	return c.top
+}
+
+// storedHead returns the header section the store keeps apart, or nil when
+// there is none or the message was read already.
+func (c *content) storedHead() []byte {
+	if c.data == nil && c.head == nil && !c.noHead {
+		read := c.boxes.Head
+		if c.in != nil {
+			read = c.in.Head
+		}
+		head, ok, err := read(c.m)
+		c.head, c.noHead = head, err != nil || !ok
+	}
+	return c.head
 }
 
 // headerFields returns the top-level header fields. It parses the stored
@@ -109,12 +122,7 @@ func (c *content) headerFields() textproto.Header {
 	case c.fields != nil:
 		return *c.fields
 	}
-	if c.data == nil && c.head == nil {
-		if head, ok, err := c.boxes.Head(c.m); err == nil && ok {
-			c.head = head
-		}
-	}
-	if c.head == nil {
+	if c.storedHead() == nil {
 		return c.header().header
 	}
 	// As the MIME parser would for a header section of this size (under

@@ -40,6 +40,11 @@ func TestStoredHeaderSameAnswers(t *testing.T) {
 		"UID SEARCH OR FROM example.net HEADER X-Tag needle",
 		"UID SEARCH TEXT needle",
 		"UID SEARCH NOT HEADER Subject \"\"",
+		// Across a folded line, in another case.
+		"UID SEARCH SUBJECT \"FOLDED over\"",
+		"UID SEARCH SUBJECT \"d over t\"",
+		"UID SEARCH NOT SUBJECT \"no such words\"",
+		"UID SEARCH HEADER X-Tag NEEDLE",
 	}
 	answers := func() []string {
 		rc := rawLogin(t, ts.addr)
@@ -86,7 +91,9 @@ func TestStoredHeaderSameAnswers(t *testing.T) {
 			t.Errorf("BODY[] of message %d is not what was stored", i+1)
 		}
 	}
-	if !strings.Contains(stored[3], "SEARCH 6 7 11") {
-		t.Errorf("SEARCH SUBJECT header = %q, want UIDs 6 7 11", stored[3])
+	for i, want := range map[int]string{3: "SEARCH 6 7 11", 4: "SEARCH 10", 8: "SEARCH 9", 9: "SEARCH 9", 11: "SEARCH 9"} {
+		if !strings.Contains(stored[i], want) {
+			t.Errorf("%s = %q, want %q", cmds[i], stored[i], want)
+		}
 	}
 }

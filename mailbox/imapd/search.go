@@ -34,18 +34,19 @@ type candidate struct {
 	body       string // decoded text of the text parts, lower-cased
 	hdrTxt     string // decoded header fields, lower-cased
 	hdrTxtDone bool
+	lowHead    string // the stored header section, lower-cased
 }
 
 func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
 	v := s.sel
 	var hits []uint32 // UIDs
 	seqOf := map[uint32]uint32{}
-	err := s.srv.boxes.ForEachMessage(v.id, func(m mailbox.Message) error {
+	err := s.srv.boxes.ForEachMessageIn(v.id, func(m mailbox.Message, r *mailbox.TxnReader) error {
 		seq := v.seqOf(m.UID)
 		if seq == 0 {
 			return nil // not announced to this session yet
 		}
-		c := &candidate{seq: seq, m: m, v: v, c: &content{boxes: s.srv.boxes, m: m}}
+		c := &candidate{seq: seq, m: m, v: v, c: &content{boxes: s.srv.boxes, m: m, in: r}}
 		if c.match(criteria) {
 			hits = append(hits, m.UID)
 			seqOf[m.UID] = seq
@@ -144,6 +145,9 @@ func (c *candidate) match(cr *imap.SearchCriteria) bool {
 		}
 	}
 	for _, h := range cr.Header {
+		if c.headerLacks(h.Value) {
+			return false
+		}
 		c.parseHeader()
 		if !c.headerHas(h.Key, h.Value) {
 			return false
@@ -229,6 +233,33 @@ func (c *candidate) headerHas(key, value string) bool {
 		}
 		raw := fields.Value()
 		if strings.Contains(strings.ToLower(decodeWords(raw)), value) || strings.Contains(strings.ToLower(raw), value) {
+			return true
+		}
+	}
+	return false
+}
+
+// headerLacks reports, without parsing the header, that no header field can
+// contain value, because some word of it is nowhere in the stored header
+// section, in any case. That is exact where headerHas compares the raw
+// bytes: unfolding only joins lines with a space, so a run of the value
+// without white space lies within one line of the header; and a header
+// without encoded words decodes to its own bytes. SEARCH SUBJECT on 10,000
+// messages spent most of its time parsing headers that could not match.
+func (c *candidate) headerLacks(value string) bool {
+	words := strings.Fields(strings.ToLower(value))
+	if len(words) == 0 {
+		return false
+	}
+	head := c.c.storedHead()
+	if head == nil || bytes.Contains(head, []byte("=?")) {
+		return false
+	}
+	if c.lowHead == "" {
+		c.lowHead = strings.ToLower(string(head))
+	}
+	for _, w := range words {
+		if !strings.Contains(c.lowHead, w) {
 			return true
 		}
 	}
