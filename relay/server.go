@@ -276,12 +276,26 @@ func every(interval time.Duration, stop <-chan struct{}, fn func()) {
 // the burst that queued them, half in mapped database files, half in
 // Badger's pooled table builders, which the collector only frees when
 // something allocates again.
-func (s *Server) trimMemory() {
+//
+// The file pages go every releaseEvery: at full speed Badger finishes a
+// 16 MiB value-log file every second or so, and with a trim every 10 s
+// seven of them were resident at a time (peak RSS 410-480 MiB while
+// queueing 100,000 messages, 280-300 MiB with 2 s). The heap goes every
+// freeEvery only, since each return costs a full collection and the page
+// faults of growing again.
+func (s *Server) trimMemory(tick int) {
 	if _, err := s.db.ReleaseCold(); err != nil {
 		s.log.Warn("releasing cold database pages failed", "error", err)
 	}
-	debug.FreeOSMemory()
+	if tick%int(freeEvery/releaseEvery) == 0 {
+		debug.FreeOSMemory()
+	}
 }
+
+const (
+	releaseEvery = 2 * time.Second
+	freeEvery    = 10 * time.Second
+)
 
 // Run serves until ctx is cancelled, then stops accepting, lets sessions in
 // flight finish (bounded by ShutdownGrace) and closes the database.
@@ -316,7 +330,13 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	stopGC := make(chan struct{})
 	wg.Go(func() { every(10*time.Minute, stopGC, s.db.CollectGarbage) })
-	wg.Go(func() { every(10*time.Second, stopGC, s.trimMemory) })
+	tick := 0
+	wg.Go(func() {
+		every(releaseEvery, stopGC, func() {
+			tick++
+			s.trimMemory(tick)
+		})
+	})
 	loopCtx, stopLoop := context.WithCancel(context.Background())
 	wg.Go(func() { s.loop.Run(loopCtx) })
 

@@ -28,13 +28,24 @@ func PutChunks(txn *badger.Txn, prefix []byte, r io.Reader) (int64, error) {
 	// Each chunk is read into a pooled scratch buffer and stored as an
 	// exact-size copy (Badger keeps the value until the commit): one
 	// allocation of the message's size, where a growing buffer made five
-	// for a 4 KiB message.
-	bp := scratch.Get().(*[]byte)
-	defer scratch.Put(bp)
-	buf := *bp
+	// for a 4 KiB message. Most mail fits the small buffer; only a body
+	// that fills it takes a BodyChunk one, so that 20 sessions of 4 KiB
+	// messages do not hold 20 MiB of scratch.
+	sp := smallScratch.Get().(*[]byte)
+	defer smallScratch.Put(sp)
+	buf := *sp
+	got, err := fill(r, buf)
+	if err == nil {
+		bp := scratch.Get().(*[]byte)
+		defer scratch.Put(bp)
+		big := *bp
+		copy(big, buf[:got])
+		var more int
+		more, err = fill(r, big[got:])
+		buf, got = big, got+more
+	}
 	var size int64
 	for n := uint32(0); ; n++ {
-		got, err := fill(r, buf)
 		if err != nil && err != io.EOF {
 			return size, err
 		}
@@ -47,6 +58,7 @@ func PutChunks(txn *badger.Txn, prefix []byte, r io.Reader) (int64, error) {
 		if err == io.EOF {
 			return size, nil
 		}
+		got, err = fill(r, buf)
 	}
 }
 
@@ -66,11 +78,21 @@ func fill(r io.Reader, buf []byte) (int, error) {
 	return n, nil
 }
 
-// scratch holds BodyChunk-sized read buffers for PutChunks.
-var scratch = sync.Pool{New: func() any {
-	b := make([]byte, BodyChunk)
-	return &b
-}}
+// scratch holds BodyChunk-sized read buffers for PutChunks, smallScratch
+// the first read of each body.
+var (
+	scratch = sync.Pool{New: func() any {
+		b := make([]byte, BodyChunk)
+		return &b
+	}}
+	smallScratch = sync.Pool{New: func() any {
+		b := make([]byte, smallChunk)
+		return &b
+	}}
+)
+
+// smallChunk is the size of PutChunks' first read.
+const smallChunk = 64 << 10
 
 // DeleteChunks deletes the chunks of a size-byte value under prefix.
 func DeleteChunks(txn *badger.Txn, prefix []byte, size int64) error {

@@ -549,7 +549,8 @@ func TestChunks(t *testing.T) {
 	neighbourValue := bytes.Repeat([]byte("n"), 3*BodyChunk/2)
 	put(t, neighbour, neighbourValue)
 
-	for i, size := range []int{0, 1, ValueThreshold - 1, ValueThreshold, BodyChunk - 1, BodyChunk, BodyChunk + 1, 3*BodyChunk + 7} {
+	for i, size := range []int{0, 1, ValueThreshold - 1, ValueThreshold, smallChunk - 1, smallChunk, smallChunk + 1,
+		BodyChunk - 1, BodyChunk, BodyChunk + 1, 3*BodyChunk + 7} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			prefix := fmt.Appendf(nil, "c/%02d", i)
 			v := make([]byte, size)
