@@ -2,8 +2,6 @@ package mailbox
 
 import (
 	"encoding/binary"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -23,8 +21,6 @@ import (
 // Records written as JSON (they start with '{') still read.
 const msgFormat = 0x01
 
-var errBadRecord = errors.New("malformed message record")
-
 // appendMessage appends m's record (without its UID, which is in the key).
 func appendMessage(b []byte, m Message) []byte {
 	b = append(b, msgFormat)
@@ -41,13 +37,10 @@ func appendMessage(b []byte, m Message) []byte {
 // parseMessage decodes a record into m, leaving m.UID alone. The strings
 // are copies: v belongs to Badger.
 func parseMessage(v []byte, m *Message) error {
-	if len(v) > 0 && v[0] == '{' {
-		return json.Unmarshal(v, m)
+	r, done, err := record.Open(v, msgFormat, m)
+	if done || err != nil {
+		return err
 	}
-	if len(v) == 0 || v[0] != msgFormat {
-		return errBadRecord
-	}
-	r := record.NewReader(v[1:])
 	m.Blob = r.String()
 	m.Size = r.Varint()
 	m.Date = time.Unix(r.Varint(), 0).UTC()
@@ -57,36 +50,13 @@ func parseMessage(v []byte, m *Message) error {
 		m.Flags = make([]string, 0, n)
 	}
 	for range n {
-		m.Flags = append(m.Flags, flagString(r.Bytes()))
+		m.Flags = append(m.Flags, r.Interned(commonFlags))
 	}
-	if r.Err() != nil {
-		return errBadRecord
-	}
-	return nil
+	return r.Err()
 }
 
-// flagString returns the common flags without allocating.
-func flagString(b []byte) string {
-	switch string(b) {
-	case `\Seen`:
-		return `\Seen`
-	case `\Answered`:
-		return `\Answered`
-	case `\Flagged`:
-		return `\Flagged`
-	case `\Deleted`:
-		return `\Deleted`
-	case `\Draft`:
-		return `\Draft`
-	case `$Junk`:
-		return `$Junk`
-	case `$NotJunk`:
-		return `$NotJunk`
-	case `$Forwarded`:
-		return `$Forwarded`
-	}
-	return string(b)
-}
+// commonFlags are the flags read without allocating.
+var commonFlags = []string{`\Seen`, `\Answered`, `\Flagged`, `\Deleted`, `\Draft`, `$Junk`, `$NotJunk`, `$Forwarded`}
 
 // putMsg stores m's record at key.
 func putMsg(txn *badger.Txn, key []byte, m Message) error {
@@ -141,13 +111,10 @@ func appendMailbox(b []byte, mb *Mailbox) []byte {
 }
 
 func parseMailbox(v []byte, mb *Mailbox) error {
-	if len(v) > 0 && v[0] == '{' {
-		return json.Unmarshal(v, mb)
+	r, done, err := record.Open(v, mailboxFormat, mb)
+	if done || err != nil {
+		return err
 	}
-	if len(v) == 0 || v[0] != mailboxFormat {
-		return errBadRecord
-	}
-	r := record.NewReader(v[1:])
 	*mb = Mailbox{
 		ID:          r.Uvarint(),
 		User:        r.String(),
@@ -161,19 +128,12 @@ func parseMailbox(v []byte, mb *Mailbox) error {
 		Unseen:      r.Uint32(),
 		FirstRecent: r.Uint32(),
 	}
-	if r.Err() != nil {
-		return errBadRecord
-	}
-	return nil
+	return r.Err()
 }
 
 // putMailbox stores mb under its key.
 func putMailbox(txn *badger.Txn, mb *Mailbox) error {
-	return putMailboxAt(txn, mailboxKey(mb.User, mb.Name), mb)
-}
-
-func putMailboxAt(txn *badger.Txn, key []byte, mb *Mailbox) error {
-	return txn.Set(key, appendMailbox(nil, mb))
+	return txn.Set(mailboxKey(mb.User, mb.Name), appendMailbox(nil, mb))
 }
 
 // readMailbox decodes the mailbox record item holds.

@@ -61,7 +61,7 @@ func (s *Store) createMailboxTxn(txn *badger.Txn, user, name, specialUse string)
 		return nil, err
 	}
 	mb := &Mailbox{ID: id, User: user, Name: name, SpecialUse: specialUse, UIDValidity: uint32(uv), UIDNext: 1, Subscribed: true}
-	return mb, putMailboxAt(txn, mailboxKey(user, name), mb)
+	return mb, putMailbox(txn, mb)
 }
 
 // CreateMailbox makes a mailbox for user.
@@ -135,8 +135,8 @@ func (s *Store) purgeMailbox(id uint64) error {
 					more = true
 					return nil
 				}
-				var m Message
-				if err := it.Item().Value(func(b []byte) error { return parseMessage(b, &m) }); err != nil {
+				m, err := readMsg(it.Item())
+				if err != nil {
 					return err
 				}
 				if err := txn.Delete(it.Item().KeyCopy(nil)); err != nil {

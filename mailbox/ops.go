@@ -437,7 +437,7 @@ func (s *Store) RenameMailbox(user, old, new string) error {
 				return err
 			}
 			mb.Name = new + rest
-			if err := putMailboxAt(txn, mailboxKey(user, mb.Name), mb); err != nil {
+			if err := putMailbox(txn, mb); err != nil {
 				return err
 			}
 		}

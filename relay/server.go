@@ -270,25 +270,21 @@ func every(interval time.Duration, stop <-chan struct{}, fn func()) {
 	}
 }
 
-// trimMemory gives memory the relay no longer uses back to the kernel: the
-// database's cold file pages, and the heap that a burst left free. Without
-// it a queue of 100,000 deferred messages kept about 1 GiB resident after
-// the burst that queued them, half in mapped database files, half in
-// Badger's pooled table builders, which the collector only frees when
-// something allocates again.
+// releaseCold gives the kernel back the database's cold file pages, and
+// debug.FreeOSMemory the heap that a burst left free. Without them a queue of 100,000
+// deferred messages kept about 1 GiB resident after the burst that queued
+// them, half in mapped database files, half in Badger's pooled table
+// builders, which the collector only frees when something allocates again.
 //
 // The file pages go every releaseEvery: at full speed Badger finishes a
-// 16 MiB value-log file every second or so, and with a trim every 10 s
+// 16 MiB value-log file every second or so, and with a release every 10 s
 // seven of them were resident at a time (peak RSS 410-480 MiB while
 // queueing 100,000 messages, 280-300 MiB with 2 s). The heap goes every
 // freeEvery only, since each return costs a full collection and the page
 // faults of growing again.
-func (s *Server) trimMemory(tick int) {
+func (s *Server) releaseCold() {
 	if _, err := s.db.ReleaseCold(); err != nil {
 		s.log.Warn("releasing cold database pages failed", "error", err)
-	}
-	if tick%int(freeEvery/releaseEvery) == 0 {
-		debug.FreeOSMemory()
 	}
 }
 
@@ -330,13 +326,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	stopGC := make(chan struct{})
 	wg.Go(func() { every(10*time.Minute, stopGC, s.db.CollectGarbage) })
-	tick := 0
-	wg.Go(func() {
-		every(releaseEvery, stopGC, func() {
-			tick++
-			s.trimMemory(tick)
-		})
-	})
+	wg.Go(func() { every(releaseEvery, stopGC, s.releaseCold) })
+	wg.Go(func() { every(freeEvery, stopGC, debug.FreeOSMemory) })
 	loopCtx, stopLoop := context.WithCancel(context.Background())
 	wg.Go(func() { s.loop.Run(loopCtx) })
 

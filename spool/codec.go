@@ -1,11 +1,6 @@
 package spool
 
-import (
-	"encoding/json"
-	"fmt"
-
-	"github.com/relaymail/relay/internal/record"
-)
+import "github.com/relaymail/relay/internal/record"
 
 // An envelope is read at least twice per delivery round (to see what is due,
 // then inside the transaction that records the outcome) and written once per
@@ -61,19 +56,16 @@ func appendEnvelope(b []byte, m *Message) []byte {
 }
 
 // minRcptRecord is the fewest bytes a recipient takes: a byte for each of
-// its eleven fields.
-const minRcptRecord = 11
+// its nine fields.
+const minRcptRecord = 9
 
 // parseEnvelope decodes an envelope record into m. The strings are copies:
 // v belongs to Badger.
 func parseEnvelope(v []byte, m *Message) error {
-	if len(v) > 0 && v[0] == '{' {
-		return json.Unmarshal(v, m)
+	r, done, err := record.Open(v, envFormat, m)
+	if done || err != nil {
+		return err
 	}
-	if len(v) == 0 || v[0] != envFormat {
-		return fmt.Errorf("envelope: %w", record.ErrMalformed)
-	}
-	r := record.NewReader(v[1:])
 	*m = Message{
 		ID:       r.String(),
 		Arrived:  r.Time(),
@@ -101,47 +93,22 @@ func parseEnvelope(v []byte, m *Message) error {
 		if k := r.Count(1); k > 0 {
 			rc.Notify = make([]string, k)
 			for j := range rc.Notify {
-				rc.Notify[j] = notifyString(r.Bytes())
+				rc.Notify[j] = r.Interned(notifyKeywords)
 			}
 		}
 		rc.ORcpt = r.String()
-		rc.State = stateOf(r.Bytes())
+		rc.State = State(r.Interned(states))
 		rc.Attempts = int(r.Varint())
 		rc.NextAttempt = r.Time()
 		rc.LastError = r.String()
 		rc.RemoteMTA = r.String()
 		rc.DelayNotified = r.Bool()
 	}
-	if err := r.Err(); err != nil {
-		return fmt.Errorf("envelope: %w", err)
-	}
-	return nil
+	return r.Err()
 }
 
-// stateOf returns the recipient states without allocating.
-func stateOf(b []byte) State {
-	switch State(b) {
-	case Pending:
-		return Pending
-	case Delivered:
-		return Delivered
-	case Failed:
-		return Failed
-	}
-	return State(b)
-}
-
-// notifyString returns the RFC 3461 NOTIFY keywords without allocating.
-func notifyString(b []byte) string {
-	switch string(b) {
-	case "NEVER":
-		return "NEVER"
-	case "SUCCESS":
-		return "SUCCESS"
-	case "FAILURE":
-		return "FAILURE"
-	case "DELAY":
-		return "DELAY"
-	}
-	return string(b)
-}
+// The strings every envelope repeats, read without allocating.
+var (
+	states         = []string{string(Pending), string(Delivered), string(Failed)}
+	notifyKeywords = []string{"NEVER", "SUCCESS", "FAILURE", "DELAY"}
+)

@@ -22,6 +22,8 @@ func sampleEnvelopes() []*Message {
 			},
 			Size: 50 << 20, Hold: true, Due: at.Add(time.Hour),
 		},
+		// Recipients whose every field is empty take a byte a field.
+		{ID: "x", Rcpts: []Recipient{{}, {}, {}}},
 	}
 }
 

@@ -22,7 +22,7 @@ func TestRoundTrip(t *testing.T) {
 	b = AppendString(b, "a")
 	b = AppendString(b, "b")
 
-	r := NewReader(b)
+	r := newReader(b)
 	if got := r.Uvarint(); got != 1<<40 {
 		t.Errorf("Uvarint = %d", got)
 	}
@@ -88,7 +88,7 @@ func TestMalformed(t *testing.T) {
 		case "uint32 out of range":
 			in = AppendUvarint(nil, 1<<32)
 		}
-		r := NewReader(in)
+		r := newReader(in)
 		read(r)
 		if err := r.Err(); !errors.Is(err, ErrMalformed) {
 			t.Errorf("%s: Err = %v, want ErrMalformed", name, err)
@@ -98,9 +98,54 @@ func TestMalformed(t *testing.T) {
 
 // A corrupt read makes every later read yield zero values.
 func TestBadStaysBad(t *testing.T) {
-	r := NewReader([]byte{0x80, 1, 'x'})
+	r := newReader([]byte{0x80, 1, 'x'})
 	r.Uvarint()
-	if s := r.String(); s != "" || r.Len() != 0 {
-		t.Errorf("after a bad varint: String = %q, Len = %d", s, r.Len())
+	if b := r.Bytes(); b != nil || r.Bool() {
+		t.Errorf("after a bad varint: Bytes = %q", b)
 	}
 }
+
+func TestOpen(t *testing.T) {
+	var legacy struct{ A int }
+	for _, tc := range []struct {
+		name    string
+		v       []byte
+		done    bool
+		wantErr bool
+	}{
+		{"binary", []byte{7, 1}, false, false},
+		{"json", []byte(`{"A":3}`), true, false},
+		{"bad json", []byte(`{"A":`), true, true},
+		{"other format", []byte{8, 1}, false, true},
+		{"empty", nil, false, true},
+	} {
+		r, done, err := Open(tc.v, 7, &legacy)
+		if done != tc.done || (err != nil) != tc.wantErr {
+			t.Errorf("%s: done %v, err %v; want done %v, error %v", tc.name, done, err, tc.done, tc.wantErr)
+			continue
+		}
+		if tc.name == "binary" && (r.Uvarint() != 1 || r.Err() != nil) {
+			t.Errorf("binary: the reader does not start after the format byte")
+		}
+	}
+	if legacy.A != 3 {
+		t.Errorf("JSON record decoded into %+v", legacy)
+	}
+}
+
+func TestInterned(t *testing.T) {
+	common := []string{"pending", "delivered"}
+	b := AppendString(AppendString(nil, "delivered"), "other")
+	r := newReader(b)
+	if s := r.Interned(common); s != "delivered" {
+		t.Errorf("Interned = %q", s)
+	}
+	if s := r.Interned(common); s != "other" || r.Err() != nil {
+		t.Errorf("Interned = %q, %v", s, r.Err())
+	}
+	if n := testing.AllocsPerRun(100, func() { newReader(b[:10]).Interned(common) }); n != 0 {
+		t.Errorf("Interned of a common string allocates %v times", n)
+	}
+}
+
+func newReader(b []byte) *Reader { return &Reader{b: b} }

@@ -34,19 +34,39 @@ type candidate struct {
 	body       string // decoded text of the text parts, lower-cased
 	hdrTxt     string // decoded header fields, lower-cased
 	hdrTxtDone bool
-	lowHead    string // the stored header section, lower-cased
+	q          *query
+	// plain is the stored header section lower-cased, when there is one
+	// without encoded words; plainDone says it was looked for.
+	plain     string
+	plainOK   bool
+	plainDone bool
+}
+
+// query is what one SEARCH works out once for all its candidates.
+type query struct {
+	words map[string][]string // a header value's words, lower-cased
+}
+
+func (q *query) wordsOf(value string) []string {
+	w, ok := q.words[value]
+	if !ok {
+		w = strings.Fields(strings.ToLower(value))
+		q.words[value] = w
+	}
+	return w
 }
 
 func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
 	v := s.sel
 	var hits []uint32 // UIDs
 	seqOf := map[uint32]uint32{}
+	q := &query{words: map[string][]string{}}
 	err := s.srv.boxes.ForEachMessageIn(v.id, func(m mailbox.Message, r *mailbox.TxnReader) error {
 		seq := v.seqOf(m.UID)
 		if seq == 0 {
 			return nil // not announced to this session yet
 		}
-		c := &candidate{seq: seq, m: m, v: v, c: &content{boxes: s.srv.boxes, m: m, in: r}}
+		c := &candidate{seq: seq, m: m, v: v, q: q, c: &content{boxes: s.srv.boxes, m: m, in: r}}
 		if c.match(criteria) {
 			hits = append(hits, m.UID)
 			seqOf[m.UID] = seq
@@ -247,23 +267,32 @@ func (c *candidate) headerHas(key, value string) bool {
 // without encoded words decodes to its own bytes. SEARCH SUBJECT on 10,000
 // messages spent most of its time parsing headers that could not match.
 func (c *candidate) headerLacks(value string) bool {
-	words := strings.Fields(strings.ToLower(value))
+	words := c.q.wordsOf(value)
 	if len(words) == 0 {
 		return false
 	}
-	head := c.c.storedHead()
-	if head == nil || bytes.Contains(head, []byte("=?")) {
+	head, ok := c.plainHead()
+	if !ok {
 		return false
 	}
-	if c.lowHead == "" {
-		c.lowHead = strings.ToLower(string(head))
-	}
 	for _, w := range words {
-		if !strings.Contains(c.lowHead, w) {
+		if !strings.Contains(head, w) {
 			return true
 		}
 	}
 	return false
+}
+
+// plainHead returns the stored header section lower-cased, and false when
+// there is none or it holds encoded words.
+func (c *candidate) plainHead() (string, bool) {
+	if !c.plainDone {
+		c.plainDone = true
+		if head := c.c.storedHead(); head != nil && !bytes.Contains(head, []byte("=?")) {
+			c.plain, c.plainOK = strings.ToLower(string(head)), true
+		}
+	}
+	return c.plain, c.plainOK
 }
 
 // maxSearchText bounds how much decoded text of one message SEARCH looks
