@@ -149,14 +149,52 @@ type FlagChange struct {
 	Flags []string
 }
 
+// batchMessages is how many messages one transaction of a command on many
+// messages (STORE, EXPUNGE, COPY, MOVE) touches. Badger refuses a
+// transaction above 15% of a memtable (about 4.8 MiB or 52,000 entries
+// here), which "mark all as read" on a mailbox of 100,000 messages passes;
+// small transactions also conflict less with deliveries into the mailbox.
+const batchMessages = 2000
+
+// inBatches runs fn on consecutive parts of uids, each in a transaction of
+// its own, and calls done after each part commits. fn must start its
+// results afresh on every call: a part is retried after a conflict, and
+// halved when its records still do not fit one transaction (messages with
+// many keywords).
+func (s *Store) inBatches(uids []uint32, fn func(txn *badger.Txn, part []uint32) error, done func()) error {
+	n := s.batch
+	for i := 0; len(uids) > 0; i++ {
+		part := uids[:min(n, len(uids))]
+		if s.batchFault != nil {
+			if err := s.batchFault(i); err != nil {
+				return err
+			}
+		}
+		err := s.update(func(txn *badger.Txn) error { return fn(txn, part) })
+		if errors.Is(err, badger.ErrTxnTooBig) && len(part) > 1 {
+			n = len(part) / 2
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		done()
+		uids = uids[len(part):]
+	}
+	return nil
+}
+
 // SetFlags changes the flags of the given messages of user's mailbox and
 // returns their new flags. source identifies the caller so that its own
-// change is not echoed back to it as an unsolicited update.
+// change is not echoed back to it as an unsolicited update. Each message
+// changes wholly or not at all; when an error stops the command partway,
+// the messages already changed are announced to every session, the caller's
+// too, since it gets no list of them.
 func (s *Store) SetFlags(user, mailbox string, uids []uint32, op FlagOp, flags []string, source any) ([]FlagChange, error) {
-	var changes []FlagChange
+	var changes, part []FlagChange
 	var mboxID uint64
-	err := s.update(func(txn *badger.Txn) error {
-		changes = changes[:0]
+	err := s.inBatches(uids, func(txn *badger.Txn, uids []uint32) error {
+		part = part[:0]
 		mb, err := GetMailboxTxn(txn, user, mailbox)
 		if err != nil {
 			return err
@@ -180,77 +218,102 @@ func (s *Store) SetFlags(user, mailbox string, uids []uint32, op FlagOp, flags [
 			if err := putMsg(txn, msgKey(mb.ID, uid), m); err != nil {
 				return err
 			}
-			changes = append(changes, FlagChange{UID: uid, Flags: m.Flags})
+			part = append(part, FlagChange{UID: uid, Flags: m.Flags})
 		}
 		return putMailbox(txn, mb)
-	})
+	}, func() { changes = append(changes, part...) })
+	if len(changes) > 0 {
+		uidsChanged := make([]uint32, len(changes))
+		for i, c := range changes {
+			uidsChanged[i] = c.UID
+		}
+		s.publish(user, Event{Mailbox: mboxID, Flags: uidsChanged, Source: sourceUnless(err, source)})
+	}
 	if err != nil {
 		return nil, err
 	}
-	uidsChanged := make([]uint32, len(changes))
-	for i, c := range changes {
-		uidsChanged[i] = c.UID
-	}
-	s.publish(user, Event{Mailbox: mboxID, Flags: uidsChanged, Source: source})
 	return changes, nil
 }
 
+// sourceUnless is the source of an event, or nil, which reaches every
+// session, when the command failed after part of its work committed.
+func sourceUnless(err error, source any) any {
+	if err != nil {
+		return nil
+	}
+	return source
+}
+
 // Expunge removes the messages among uids (all messages when uids is nil)
-// that carry \Deleted, and returns the removed UIDs in order.
+// that carry \Deleted, and returns the removed UIDs in order. As with
+// SetFlags, an error partway leaves the messages removed until then
+// removed, and announced to every session.
 func (s *Store) Expunge(user, mailbox string, uids []uint32, source any) ([]uint32, error) {
-	var gone []uint32
+	if uids == nil {
+		var err error
+		if uids, err = s.deletedUIDs(user, mailbox); err != nil {
+			return nil, err
+		}
+	}
+	var gone, part []uint32
 	var mboxID uint64
-	err := s.update(func(txn *badger.Txn) error {
-		gone = gone[:0]
+	err := s.inBatches(uids, func(txn *badger.Txn, uids []uint32) error {
+		part = part[:0]
 		mb, err := GetMailboxTxn(txn, user, mailbox)
 		if err != nil {
 			return err
 		}
 		mboxID = mb.ID
-		var cands []Message
-		if uids == nil {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: msgPrefix(mb.ID), PrefetchValues: true})
-			for it.Rewind(); it.Valid(); it.Next() {
-				m, err := readMsg(it.Item())
-				if err != nil {
-					it.Close()
-					return err
-				}
-				if hasFlag(m.Flags, FlagDeleted) {
-					cands = append(cands, m)
-				}
+		for _, uid := range uids {
+			var m Message
+			if err := getMsg(txn, msgKey(mb.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
+				continue
+			} else if err != nil {
+				return err
 			}
-			it.Close()
-		} else {
-			for _, uid := range uids {
-				var m Message
-				if err := getMsg(txn, msgKey(mb.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
-					continue
-				} else if err != nil {
-					return err
-				}
-				m.UID = uid
-				if hasFlag(m.Flags, FlagDeleted) {
-					cands = append(cands, m)
-				}
+			m.UID = uid
+			if !hasFlag(m.Flags, FlagDeleted) {
+				continue
 			}
-		}
-		for _, m := range cands {
 			if err := s.removeTxn(txn, mb, m); err != nil {
 				return err
 			}
-			gone = append(gone, m.UID)
+			part = append(part, uid)
 		}
 		return putMailbox(txn, mb)
-	})
+	}, func() { gone = append(gone, part...) })
+	slices.Sort(gone)
+	if len(gone) > 0 {
+		s.publish(user, Event{Mailbox: mboxID, Expunged: gone, Source: sourceUnless(err, source)})
+	}
 	if err != nil {
 		return nil, err
 	}
-	slices.Sort(gone)
-	if len(gone) > 0 {
-		s.publish(user, Event{Mailbox: mboxID, Expunged: gone, Source: source})
-	}
 	return gone, nil
+}
+
+// deletedUIDs lists the messages of a mailbox that carry \Deleted.
+func (s *Store) deletedUIDs(user, mailbox string) ([]uint32, error) {
+	var uids []uint32
+	err := s.db.View(func(txn *badger.Txn) error {
+		mb, err := GetMailboxTxn(txn, user, mailbox)
+		if err != nil {
+			return err
+		}
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: msgPrefix(mb.ID), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			m, err := readMsg(it.Item())
+			if err != nil {
+				return err
+			}
+			if hasFlag(m.Flags, FlagDeleted) {
+				uids = append(uids, m.UID)
+			}
+		}
+		return nil
+	})
+	return uids, err
 }
 
 // removeTxn deletes one message record, keeps the mailbox counters and drops
@@ -275,13 +338,17 @@ type CopyResult struct {
 }
 
 // Copy copies messages to another mailbox of the same user (the body is
-// shared, not copied); with move set, the originals are removed in the same
-// transaction (RFC 6851 MOVE is atomic).
+// shared, not copied); with move set, each original is removed in the
+// transaction that makes its copy, so a message is never in both mailboxes
+// nor in neither (RFC 6851 §3.3). Many messages go in several
+// transactions: a COPY that fails partway removes the copies it made (RFC
+// 3501 §6.4.7), a MOVE leaves what it moved moved and announces it to
+// every session.
 func (s *Store) Copy(user, src, dst string, uids []uint32, move bool, source any) (*CopyResult, error) {
-	var res CopyResult
+	var res, part CopyResult
 	var srcID, dstID uint64
-	err := s.update(func(txn *badger.Txn) error {
-		res = CopyResult{}
+	err := s.inBatches(uids, func(txn *badger.Txn, uids []uint32) error {
+		part = CopyResult{SrcUIDs: part.SrcUIDs[:0], DstUIDs: part.DstUIDs[:0]}
 		from, err := GetMailboxTxn(txn, user, src)
 		if err != nil {
 			return err
@@ -291,7 +358,7 @@ func (s *Store) Copy(user, src, dst string, uids []uint32, move bool, source any
 			return err
 		}
 		srcID, dstID = from.ID, to.ID
-		res.UIDValidity = to.UIDValidity
+		part.UIDValidity = to.UIDValidity
 		same := from.ID == to.ID
 		if same {
 			// One record, counted once: the copies and any removals
@@ -325,8 +392,8 @@ func (s *Store) Copy(user, src, dst string, uids []uint32, move bool, source any
 					return err
 				}
 			}
-			res.SrcUIDs = append(res.SrcUIDs, uid)
-			res.DstUIDs = append(res.DstUIDs, newUID)
+			part.SrcUIDs = append(part.SrcUIDs, uid)
+			part.DstUIDs = append(part.DstUIDs, newUID)
 		}
 		if !same {
 			if err := putMailbox(txn, from); err != nil {
@@ -334,19 +401,53 @@ func (s *Store) Copy(user, src, dst string, uids []uint32, move bool, source any
 			}
 		}
 		return putMailbox(txn, to)
+	}, func() {
+		res.UIDValidity = part.UIDValidity
+		res.SrcUIDs = append(res.SrcUIDs, part.SrcUIDs...)
+		res.DstUIDs = append(res.DstUIDs, part.DstUIDs...)
 	})
-	if err != nil {
-		return nil, err
+	if err != nil && !move && len(res.DstUIDs) > 0 {
+		if uerr := s.removeCopies(user, dst, res.DstUIDs); uerr != nil {
+			err = fmt.Errorf("%w (and removing the copies made: %w)", err, uerr)
+		}
 	}
 	if move && len(res.SrcUIDs) > 0 {
 		gone := slices.Clone(res.SrcUIDs)
 		slices.Sort(gone)
-		s.publish(user, Event{Mailbox: srcID, Expunged: gone, Source: source})
+		s.publish(user, Event{Mailbox: srcID, Expunged: gone, Source: sourceUnless(err, source)})
 	}
-	if dstID != 0 {
+	if dstID != 0 && (err == nil || move) {
 		s.Notify(user)
 	}
+	if err != nil {
+		return nil, err
+	}
 	return &res, nil
+}
+
+// removeCopies takes back the messages a failed COPY made in dst. Nobody
+// has been told of them, so they go without an announcement; UIDNEXT stays
+// where the copies moved it, since UIDs are never given out twice.
+func (s *Store) removeCopies(user, dst string, uids []uint32) error {
+	return s.inBatches(uids, func(txn *badger.Txn, uids []uint32) error {
+		mb, err := GetMailboxTxn(txn, user, dst)
+		if err != nil {
+			return err
+		}
+		for _, uid := range uids {
+			var m Message
+			if err := getMsg(txn, msgKey(mb.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
+				continue
+			} else if err != nil {
+				return err
+			}
+			m.UID = uid
+			if err := s.removeTxn(txn, mb, m); err != nil {
+				return err
+			}
+		}
+		return putMailbox(txn, mb)
+	}, func() {})
 }
 
 func refBlob(txn *badger.Txn, blob string) error {

@@ -61,6 +61,12 @@ type Store struct {
 
 	mu   sync.Mutex
 	subs map[string][]*Subscription // by user
+
+	// batch is how many messages one transaction of a bulk command
+	// touches (batchMessages); batchFault, when set, fails a part before
+	// it runs. Both are for tests (export_test.go).
+	batch      int
+	batchFault func(part int) error
 }
 
 // New returns the store on db; now is the clock (nil for time.Now).
@@ -68,7 +74,7 @@ func New(db *store.DB, now func() time.Time) *Store {
 	if now == nil {
 		now = time.Now
 	}
-	return &Store{db: db, now: now, subs: map[string][]*Subscription{}}
+	return &Store{db: db, now: now, subs: map[string][]*Subscription{}, batch: batchMessages}
 }
 
 // DB returns the underlying database (for transactions that span packages).

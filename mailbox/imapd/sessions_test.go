@@ -325,4 +325,46 @@ func TestLargeMailbox(t *testing.T) {
 	if got := c.Mailbox().NumMessages; got != n+1 {
 		t.Errorf("after a delivery: %d messages, want %d", got, n+1)
 	}
+
+	// Commands on every message at once ("mark all read", "select all and
+	// move"): more records than one database transaction can hold.
+	all := imap.SeqSet{{Start: 1, Stop: 0}}
+	start = time.Now()
+	if err := c.Store(all, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagSeen}}, nil).Close(); err != nil {
+		t.Fatalf("STORE 1:* +FLAGS.SILENT (\\Seen): %v", err)
+	}
+	t.Logf("STORE on %d messages: %v", n+1, time.Since(start))
+	if st, err := c.Status("INBOX", &imap.StatusOptions{NumUnseen: true}).Wait(); err != nil || *st.NumUnseen != 0 {
+		t.Errorf("STATUS after STORE 1:*: %+v %v", st, err)
+	}
+	start = time.Now()
+	cd, err := c.Copy(all, "Archive").Wait()
+	if err != nil {
+		t.Fatalf("COPY 1:* Archive: %v", err)
+	}
+	t.Logf("COPY of %d messages: %v", n+1, time.Since(start))
+	if uids, ok := cd.DestUIDs.Nums(); !ok || len(uids) != n+1 {
+		t.Errorf("COPYUID names %d messages, want %d", len(uids), n+1)
+	}
+	for name, want := range map[string]uint32{"INBOX": n + 1, "Archive": n + 1} {
+		if st, err := c.Status(name, &imap.StatusOptions{NumMessages: true, NumUnseen: true}).Wait(); err != nil || *st.NumMessages != want || *st.NumUnseen != 0 {
+			t.Errorf("STATUS %s: %+v %v, want %d messages, all seen", name, st, err, want)
+		}
+	}
+	start = time.Now()
+	if _, err := c.Select("Archive", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Move(all, "Trash").Wait(); err != nil {
+		t.Fatalf("MOVE 1:* Trash: %v", err)
+	}
+	if got := c.Mailbox().NumMessages; got != 0 {
+		t.Errorf("after MOVE 1:*: %d messages left in the view, want 0", got)
+	}
+	t.Logf("MOVE of %d messages: %v", n+1, time.Since(start))
+	for name, want := range map[string]uint32{"Archive": 0, "Trash": n + 1} {
+		if st, err := c.Status(name, &imap.StatusOptions{NumMessages: true}).Wait(); err != nil || *st.NumMessages != want {
+			t.Errorf("STATUS %s: %+v %v, want %d messages", name, st, err, want)
+		}
+	}
 }

@@ -111,15 +111,15 @@ func (v *view) sync(w *imapserver.UpdateWriter, allowExpunge, changed bool) erro
 	}
 	if allowExpunge && len(v.pendingExpunge) > 0 {
 		for _, uid := range v.pendingExpunge {
-			if seq := v.seqOf(uid); seq != 0 {
-				v.remove(seq)
-				delete(v.pendingFlags, uid)
-				if err := w.WriteExpunge(seq); err != nil {
-					return err
-				}
+			delete(v.pendingFlags, uid)
+		}
+		seqs := v.removeUIDs(v.pendingExpunge)
+		v.pendingExpunge = v.pendingExpunge[:0]
+		for _, seq := range seqs {
+			if err := w.WriteExpunge(seq); err != nil {
+				return err
 			}
 		}
-		v.pendingExpunge = v.pendingExpunge[:0]
 	}
 	if newMsgs {
 		added, err := boxes.UIDsAfter(v.id, v.lastUID())
@@ -182,10 +182,32 @@ func (v *view) resync() error {
 	return nil
 }
 
-func (v *view) remove(seq uint32) {
-	uid := v.uids[seq-1]
-	v.uids = slices.Delete(v.uids, int(seq-1), int(seq))
-	delete(v.recent, uid)
+// removeUIDs takes the given UIDs out of the view and returns the sequence
+// numbers to announce them with, in order: each EXPUNGE renumbers the
+// messages after it (RFC 3501 §7.4.1), so the k-th removal counts k fewer
+// messages before it. One pass over the view, however many go: removing
+// them one at a time moved the rest of the view each time, and expunging
+// 100,000 messages took seconds.
+func (v *view) removeUIDs(uids []uint32) []uint32 {
+	gone := slices.Clone(uids)
+	slices.Sort(gone)
+	gone = slices.Compact(gone)
+	var seqs []uint32
+	kept := v.uids[:0]
+	g := 0
+	for i, uid := range v.uids {
+		for g < len(gone) && gone[g] < uid {
+			g++
+		}
+		if g < len(gone) && gone[g] == uid {
+			seqs = append(seqs, uint32(i+1-len(seqs)))
+			delete(v.recent, uid)
+			continue
+		}
+		kept = append(kept, uid)
+	}
+	v.uids = kept
+	return seqs
 }
 
 // flags are a message's stored flags plus \Recent when this session holds it.
@@ -330,12 +352,9 @@ func (s *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error 
 	if err != nil {
 		return imapError(err)
 	}
-	for _, uid := range gone {
-		if seq := v.seqOf(uid); seq != 0 {
-			v.remove(seq)
-			if err := w.WriteExpunge(seq); err != nil {
-				return err
-			}
+	for _, seq := range v.removeUIDs(gone) {
+		if err := w.WriteExpunge(seq); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -394,12 +413,9 @@ func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string
 		}
 	}
 	v := s.sel
-	for _, uid := range res.SrcUIDs {
-		if seq := v.seqOf(uid); seq != 0 {
-			v.remove(seq)
-			if err := w.WriteExpunge(seq); err != nil {
-				return err
-			}
+	for _, seq := range v.removeUIDs(res.SrcUIDs) {
+		if err := w.WriteExpunge(seq); err != nil {
+			return err
 		}
 	}
 	return nil
