@@ -107,7 +107,7 @@ func (s *Store) Mailboxes(user string) ([]*Mailbox, error) {
 	user = NormalizeUser(user)
 	var out []*Mailbox
 	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: mailboxPrefix(user), PrefetchValues: true})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: mailboxPrefix(user), PrefetchValues: false})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			mb, err := readMailbox(it.Item())
@@ -127,7 +127,7 @@ func (s *Store) purgeMailbox(id uint64) error {
 	for {
 		more := false
 		err := s.update(func(txn *badger.Txn) error {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: msgPrefix(id), PrefetchValues: true})
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: msgPrefix(id), PrefetchValues: false})
 			defer it.Close()
 			n := 0
 			for it.Rewind(); it.Valid(); it.Next() {

@@ -120,7 +120,12 @@ func (s *Store) ForEachMessage(mboxID uint64, fn func(m Message) error) error {
 func (s *Store) ForEachMessageIn(mboxID uint64, fn func(m Message, r *TxnReader) error) error {
 	return s.db.View(func(txn *badger.Txn) error {
 		prefix := msgPrefix(mboxID)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 256})
+		// No prefetching, here and in the store's other iterations:
+		// Badger starts a goroutine for each prefetched item, which
+		// for records kept in the tree (all but bodies and headers)
+		// costs more than reading them in turn. SEARCH UNSEEN on
+		// 10,000 messages: 17-19 ms with it, 10 ms without.
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
 		defer it.Close()
 		r := &TxnReader{txn: txn}
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -300,7 +305,7 @@ func (s *Store) deletedUIDs(user, mailbox string) ([]uint32, error) {
 		if err != nil {
 			return err
 		}
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: msgPrefix(mb.ID), PrefetchValues: true})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: msgPrefix(mb.ID), PrefetchValues: false})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			m, err := readMsg(it.Item())
@@ -576,7 +581,7 @@ func mustID(mb *Mailbox, err error) uint64 {
 
 func mailboxesTxn(txn *badger.Txn, user string) ([]*Mailbox, error) {
 	var out []*Mailbox
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: mailboxPrefix(user), PrefetchValues: true})
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: mailboxPrefix(user), PrefetchValues: false})
 	defer it.Close()
 	for it.Rewind(); it.Valid(); it.Next() {
 		mb, err := readMailbox(it.Item())

@@ -353,7 +353,7 @@ func (s *Spool) lastEvents(n int) ([]Event, error) {
 	}
 	var out []Event
 	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixLog), Reverse: true, PrefetchValues: true})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixLog), Reverse: true, PrefetchValues: false})
 		defer it.Close()
 		// Reverse iteration starts at the last key under the prefix only
 		// when seeking past it.

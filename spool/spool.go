@@ -376,7 +376,7 @@ func (s *Spool) Get(id string) (*Message, error) {
 func (s *Spool) List() ([]*Message, error) {
 	var out []*Message
 	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixEnv), PrefetchValues: true, PrefetchSize: 64})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixEnv), PrefetchValues: false})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			m := new(Message)
