@@ -44,7 +44,28 @@ type candidate struct {
 
 // query is what one SEARCH works out once for all its candidates.
 type query struct {
-	words map[string][]string // a header value's words, lower-cased
+	words  map[string][]string // a header value's words, lower-cased
+	cache  *fieldCache
+	box    uint64
+	fields map[string]*fieldSearch // by field name as the criterion gives it
+}
+
+// field returns the search's use of the field cache for key.
+func (q *query) field(key string) *fieldSearch {
+	fs, ok := q.fields[key]
+	if !ok {
+		fs = q.cache.begin(q.box, key)
+		q.fields[key] = fs
+	}
+	return fs
+}
+
+// end finishes the search's use of the field cache; messages is how many
+// the mailbox held.
+func (q *query) end(messages int) {
+	for _, fs := range q.fields {
+		fs.end(messages)
+	}
 }
 
 func (q *query) wordsOf(value string) []string {
@@ -60,8 +81,10 @@ func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria,
 	v := s.sel
 	var hits []uint32 // UIDs
 	seqOf := map[uint32]uint32{}
-	q := &query{words: map[string][]string{}}
+	q := &query{words: map[string][]string{}, cache: s.srv.fields, box: v.id, fields: map[string]*fieldSearch{}}
+	messages := 0
 	err := s.srv.boxes.ForEachMessageIn(v.id, func(m mailbox.Message, r *mailbox.TxnReader) error {
+		messages++
 		seq := v.seqOf(m.UID)
 		if seq == 0 {
 			return nil // not announced to this session yet
@@ -76,6 +99,7 @@ func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria,
 	if err != nil {
 		return nil, imapError(err)
 	}
+	q.end(messages)
 	if options.ReturnSave {
 		v.searchRes = saved(hits, options)
 	}
@@ -165,11 +189,7 @@ func (c *candidate) match(cr *imap.SearchCriteria) bool {
 		}
 	}
 	for _, h := range cr.Header {
-		if c.headerLacks(h.Value) {
-			return false
-		}
-		c.parseHeader()
-		if !c.headerHas(h.Key, h.Value) {
+		if !c.headerMatch(h.Key, h.Value) {
 			return false
 		}
 	}
@@ -240,6 +260,34 @@ func uidSetHas(set imap.UIDSet, uid, last uint32) bool {
 		}
 	}
 	return false
+}
+
+// headerMatch evaluates a header field criterion: from the field cache
+// when the message's value is there, else from the header, which the
+// cache then learns when it is learning the field.
+func (c *candidate) headerMatch(key, value string) bool {
+	lower := strings.ToLower(value)
+	if strings.IndexByte(lower, 0) >= 0 {
+		// NUL separates the cached values; no IMAP string holds it,
+		// but the parser is not ours to trust.
+		c.parseHeader()
+		return c.headerHas(key, value)
+	}
+	fs := c.q.field(key)
+	if v, ok := fs.get(c.m.UID); ok {
+		return v.has(lower)
+	}
+	if !fs.learning() {
+		if c.headerLacks(value) {
+			return false
+		}
+		c.parseHeader()
+		return c.headerHas(key, value)
+	}
+	c.parseHeader()
+	v := fieldValueOf(c, key)
+	fs.put(c.m.UID, v)
+	return v.has(lower)
 }
 
 // headerHas: an empty value asks whether the field exists; otherwise a

@@ -48,6 +48,9 @@ type Config struct {
 	Log *slog.Logger
 	// Metrics counts failed logins; nil counts nothing.
 	Metrics *metrics.Registry
+	// FieldCacheBytes bounds the memory of the cache of header fields
+	// that SEARCH has been asked for (default 16 MiB; negative: no cache).
+	FieldCacheBytes int64
 }
 
 // Server serves IMAP on listeners.
@@ -62,6 +65,7 @@ type Server struct {
 	// STARTTLS, which the guard performs), TLS connections to secure
 	// (login allowed, no STARTTLS).
 	trusted, untrusted, secure *imapserver.Server
+	fields                     *fieldCache
 
 	mu  sync.Mutex
 	lns []net.Listener
@@ -78,7 +82,10 @@ func New(cfg Config, boxes *mailbox.Store) *Server {
 	if cfg.AppendLimit == 0 {
 		cfg.AppendLimit = 50 << 20
 	}
-	s := &Server{cfg: cfg, boxes: boxes}
+	if cfg.FieldCacheBytes == 0 {
+		cfg.FieldCacheBytes = defaultFieldCacheBytes
+	}
+	s := &Server{cfg: cfg, boxes: boxes, fields: newFieldCache(cfg.FieldCacheBytes)}
 	// IMAP4rev2 brings NAMESPACE, UIDPLUS, ESEARCH, SEARCHRES,
 	// LIST-EXTENDED, LIST-STATUS, MOVE, STATUS=SIZE and CHILDREN to
 	// IMAP4rev1 clients too.
