@@ -263,29 +263,9 @@ func (s *Store) Expunge(user, mailbox string, uids []uint32, source any) ([]uint
 	var gone, part []uint32
 	var mboxID uint64
 	err := s.inBatches(uids, func(txn *badger.Txn, uids []uint32) error {
-		part = part[:0]
-		mb, err := GetMailboxTxn(txn, user, mailbox)
-		if err != nil {
-			return err
-		}
-		mboxID = mb.ID
-		for _, uid := range uids {
-			var m Message
-			if err := getMsg(txn, msgKey(mb.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
-				continue
-			} else if err != nil {
-				return err
-			}
-			m.UID = uid
-			if !hasFlag(m.Flags, FlagDeleted) {
-				continue
-			}
-			if err := s.removeTxn(txn, mb, m); err != nil {
-				return err
-			}
-			part = append(part, uid)
-		}
-		return putMailbox(txn, mb)
+		var err error
+		part, mboxID, err = s.removeMessagesTxn(txn, user, mailbox, uids, true, part[:0])
+		return err
 	}, func() { gone = append(gone, part...) })
 	slices.Sort(gone)
 	if len(gone) > 0 {
@@ -435,24 +415,36 @@ func (s *Store) Copy(user, src, dst string, uids []uint32, move bool, source any
 // where the copies moved it, since UIDs are never given out twice.
 func (s *Store) removeCopies(user, dst string, uids []uint32) error {
 	return s.inBatches(uids, func(txn *badger.Txn, uids []uint32) error {
-		mb, err := GetMailboxTxn(txn, user, dst)
-		if err != nil {
-			return err
-		}
-		for _, uid := range uids {
-			var m Message
-			if err := getMsg(txn, msgKey(mb.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
-				continue
-			} else if err != nil {
-				return err
-			}
-			m.UID = uid
-			if err := s.removeTxn(txn, mb, m); err != nil {
-				return err
-			}
-		}
-		return putMailbox(txn, mb)
+		_, _, err := s.removeMessagesTxn(txn, user, dst, uids, false, nil)
+		return err
 	}, func() {})
+}
+
+// removeMessagesTxn removes those of uids that exist in user's mailbox
+// (only those flagged \Deleted when deletedOnly), keeps its counters, and
+// returns the removed UIDs appended to gone, and the mailbox's ID.
+func (s *Store) removeMessagesTxn(txn *badger.Txn, user, mailbox string, uids []uint32, deletedOnly bool, gone []uint32) ([]uint32, uint64, error) {
+	mb, err := GetMailboxTxn(txn, user, mailbox)
+	if err != nil {
+		return gone, 0, err
+	}
+	for _, uid := range uids {
+		var m Message
+		if err := getMsg(txn, msgKey(mb.ID, uid), &m); errors.Is(err, badger.ErrKeyNotFound) {
+			continue
+		} else if err != nil {
+			return gone, mb.ID, err
+		}
+		m.UID = uid
+		if deletedOnly && !hasFlag(m.Flags, FlagDeleted) {
+			continue
+		}
+		if err := s.removeTxn(txn, mb, m); err != nil {
+			return gone, mb.ID, err
+		}
+		gone = append(gone, uid)
+	}
+	return gone, mb.ID, putMailbox(txn, mb)
 }
 
 func refBlob(txn *badger.Txn, blob string) error {
