@@ -86,6 +86,17 @@ func TestFieldCacheBudget(t *testing.T) {
 		t.Errorf("after a search of 2 messages, the set of 200 holds %d values (%d bytes), still registered %v", n, c.bytes, ok)
 	}
 
+	// A search that holds a set which was evicted, and its key registered
+	// anew, adds nothing to either.
+	c = newFieldCache(1000)
+	stale := learn(5, "subject")
+	c.drop(stale.set)
+	c.begin(5, "subject")
+	stale.put(1, value)
+	if n, _ := cachedValues(c, 5, "subject"); n != 0 || c.bytes != 0 {
+		t.Errorf("a put into an evicted set reached the cache: %d values, %d bytes", n, c.bytes)
+	}
+
 	// No budget, no cache.
 	off := newFieldCache(-1)
 	off.begin(1, "subject")
