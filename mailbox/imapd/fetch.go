@@ -220,7 +220,7 @@ func (s *session) fetchOne(w *imapserver.FetchResponseWriter, m mailbox.Message,
 		w.WriteRFC822Size(m.Size)
 	}
 	if o.Envelope {
-		w.WriteEnvelope(imapserver.ExtractEnvelope(c.headerFields()))
+		w.WriteEnvelope(envelope(c.headerFields()))
 	}
 	if o.BodyStructure != nil {
 		w.WriteBodyStructure(bodyStructure(c.mime()))

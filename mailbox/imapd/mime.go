@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapserver"
 	gomessage "github.com/emersion/go-message"
 	"github.com/emersion/go-message/textproto"
 )
@@ -418,7 +417,7 @@ func bodyStructure(e *entity) imap.BodyStructure {
 	}
 	if e.msg != nil {
 		bs.MessageRFC822 = &imap.BodyStructureMessageRFC822{
-			Envelope:      imapserver.ExtractEnvelope(e.msg.header),
+			Envelope:      envelope(e.msg.header),
 			BodyStructure: bodyStructure(e.msg),
 			NumLines:      e.lines,
 		}
