@@ -23,7 +23,8 @@ func envelope(h textproto.Header) *imap.Envelope {
 	rest := h.Copy()
 	rest.Del("Date")
 	env := imapserver.ExtractEnvelope(rest)
-	env.Date = envelopeDate(v)
+	// ExtractEnvelope keeps the zero time of a Date it cannot parse.
+	env.Date, _ = headerDate(v)
 	return env
 }
 
@@ -33,12 +34,14 @@ func envelope(h textproto.Header) *imap.Envelope {
 // layout after 24 that cannot read a value starting with a day name.
 const commonDate = "Mon, 2 Jan 2006 15:04:05 -0700"
 
-// envelopeDate is what mail.Header.Date gives for a non-empty value, the
-// zero time when it cannot be parsed.
-func envelopeDate(v string) time.Time {
-	if t, err := time.Parse(commonDate, v); err == nil {
-		return t
+// headerDate is mail.Header.Date for a Date field's value: the zero time
+// and no error for an empty one.
+func headerDate(v string) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
 	}
-	t, _ := mail.ParseDate(v)
-	return t
+	if t, err := time.Parse(commonDate, v); err == nil {
+		return t, nil
+	}
+	return mail.ParseDate(v)
 }

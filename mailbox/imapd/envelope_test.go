@@ -9,10 +9,12 @@ import (
 	"testing"
 
 	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/emersion/go-message"
+	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-message/textproto"
 )
 
-// Date values that take each path of envelopeDate, and some that net/mail
+// Date values that take each path of headerDate, and some that net/mail
 // reads only with its later layouts or not at all.
 var envelopeDates = []string{
 	"Mon, 2 Jan 2006 15:04:05 -0700",
@@ -67,6 +69,19 @@ func TestEnvelopeAsLibrary(t *testing.T) {
 		}
 		if h.Get("Date") != date {
 			t.Errorf("envelope took the Date out of the header it was given")
+		}
+	}
+}
+
+// headerDate gives what mail.Header.Date gives, the error included, which
+// SEARCH SENTBEFORE and SENTSINCE depend on.
+func TestHeaderDateAsLibrary(t *testing.T) {
+	for _, d := range envelopeDates {
+		h := headerOf(t, "Date: "+d+"\r\n\r\n")
+		want, wantErr := (&mail.Header{Header: message.Header{Header: h}}).Date()
+		got, err := headerDate(h.Get("Date"))
+		if !reflect.DeepEqual(got, want) || (err == nil) != (wantErr == nil) {
+			t.Errorf("headerDate(%q) = %v, %v; mail.Header.Date: %v, %v", d, got, err, want, wantErr)
 		}
 	}
 }

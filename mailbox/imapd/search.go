@@ -15,7 +15,6 @@ import (
 	// and ENVELOPE read ISO-8859-x, Windows-125x and the other charsets
 	// mail still uses.
 	"github.com/emersion/go-message/charset"
-	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-message/textproto"
 
 	"github.com/relaymail/relay/mailbox"
@@ -182,8 +181,7 @@ func (c *candidate) match(cr *imap.SearchCriteria) bool {
 	}
 	if !cr.SentSince.IsZero() || !cr.SentBefore.IsZero() {
 		c.parseHeader()
-		mh := mail.Header{Header: gomessage.Header{Header: c.hdr}}
-		sent, err := mh.Date()
+		sent, err := headerDate(c.hdr.Get("Date"))
 		if err != nil || !dateIn(sent, cr.SentSince, cr.SentBefore) {
 			return false
 		}
