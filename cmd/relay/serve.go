@@ -51,12 +51,25 @@ func serve(args []string, stderr io.Writer) error {
 }
 
 // applyMemoryLimit sets the Go heap's soft limit to limit bytes, unless
-// limit is 0 or the environment set one with GOMEMLIMIT.
+// limit is 0 or the environment set one with GOMEMLIMIT, and collects
+// garbage at gcPercent unless GOGC says otherwise.
 func applyMemoryLimit(limit int64) {
 	if limit > 0 && os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(limit)
 	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 }
+
+// gcPercent lets the heap grow by half its live size between collections
+// rather than the runtime's doubling. Most of the live heap is Badger's
+// memtable arenas and table builders, byte slices the collector does not
+// scan, so collecting more often costs little: queueing 100,000 messages
+// peaked at 279-303 MiB against 328-382 with the default, at the same
+// rate (1,883-1,965 against 1,771-1,948 msgs/s), and accept plus local
+// delivery ran at 2,488-2,895 against 2,532-2,834 msgs/s.
+const gcPercent = 50
 
 // reload re-reads the command line's configuration file on SIGHUP, as the
 // operator edits it and the certificates in place.

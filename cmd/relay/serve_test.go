@@ -7,9 +7,11 @@ import (
 )
 
 // memory-limit sets the heap's soft limit; 0 and GOMEMLIMIT leave it alone.
+// The collector runs at gcPercent unless GOGC is set.
 func TestApplyMemoryLimit(t *testing.T) {
 	prev := debug.SetMemoryLimit(-1)
-	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
+	prevGC := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetMemoryLimit(prev); debug.SetGCPercent(prevGC) })
 	for _, tc := range []struct {
 		name   string
 		env    string
@@ -29,5 +31,16 @@ func TestApplyMemoryLimit(t *testing.T) {
 				t.Errorf("memory limit %d, want %d", got, tc.want)
 			}
 		})
+	}
+	for _, tc := range []struct {
+		env  string
+		want int
+	}{{"", gcPercent}, {"200", 100}} {
+		t.Setenv("GOGC", tc.env)
+		debug.SetGCPercent(100)
+		applyMemoryLimit(0)
+		if got := debug.SetGCPercent(100); got != tc.want {
+			t.Errorf("GOGC=%q: GC percent %d, want %d", tc.env, got, tc.want)
+		}
 	}
 }
