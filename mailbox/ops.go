@@ -554,14 +554,12 @@ func (s *Store) renameInbox(user, new string) error {
 	if err != nil {
 		return err
 	}
-	for len(uids) > 0 {
-		n := min(len(uids), purgeBatch)
-		if _, err := s.Copy(user, "INBOX", new, uids[:n], true, nil); err != nil {
-			return err
-		}
-		uids = uids[n:]
+	if len(uids) == 0 {
+		return nil
 	}
-	return nil
+	// Copy moves them in transactions that fit, however many there are.
+	_, err = s.Copy(user, "INBOX", new, uids, true, nil)
+	return err
 }
 
 func mustID(mb *Mailbox, err error) uint64 {
