@@ -43,7 +43,7 @@ type candidate struct {
 
 // query is what one SEARCH works out once for all its candidates.
 type query struct {
-	words  map[string][]string // a header value's words, lower-cased
+	values map[string]*searchValue // header criteria's values, by value
 	cache  *fieldCache
 	box    uint64
 	fields map[string]*fieldSearch // by field name as the criterion gives it
@@ -67,20 +67,29 @@ func (q *query) end(messages int) {
 	}
 }
 
-func (q *query) wordsOf(value string) []string {
-	w, ok := q.words[value]
+// searchValue is a header criterion's value as every candidate compares
+// it: lower-cased, and split into words for headerLacks.
+type searchValue struct {
+	lower  string
+	words  []string
+	hasNUL bool
+}
+
+func (q *query) value(v string) *searchValue {
+	sv, ok := q.values[v]
 	if !ok {
-		w = strings.Fields(strings.ToLower(value))
-		q.words[value] = w
+		lower := strings.ToLower(v)
+		sv = &searchValue{lower: lower, words: strings.Fields(lower), hasNUL: strings.IndexByte(lower, 0) >= 0}
+		q.values[v] = sv
 	}
-	return w
+	return sv
 }
 
 func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
 	v := s.sel
 	var hits []uint32 // UIDs
 	seqOf := map[uint32]uint32{}
-	q := &query{words: map[string][]string{}, cache: s.srv.fields, box: v.id, fields: map[string]*fieldSearch{}}
+	q := &query{values: map[string]*searchValue{}, cache: s.srv.fields, box: v.id, fields: map[string]*fieldSearch{}}
 	messages := 0
 	err := s.srv.boxes.ForEachMessageIn(v.id, func(m mailbox.Message, r *mailbox.TxnReader) error {
 		messages++
@@ -264,8 +273,8 @@ func uidSetHas(set imap.UIDSet, uid, last uint32) bool {
 // when the message's value is there, else from the header, which the
 // cache then learns when it is learning the field.
 func (c *candidate) headerMatch(key, value string) bool {
-	lower := strings.ToLower(value)
-	if strings.IndexByte(lower, 0) >= 0 {
+	sv := c.q.value(value)
+	if sv.hasNUL {
 		// NUL separates the cached values; no IMAP string holds it,
 		// but the parser is not ours to trust.
 		c.parseHeader()
@@ -273,7 +282,7 @@ func (c *candidate) headerMatch(key, value string) bool {
 	}
 	fs := c.q.field(key)
 	if v, ok := fs.get(c.m.UID); ok {
-		return v.has(lower)
+		return v.has(sv.lower)
 	}
 	if !fs.learning() {
 		if c.headerLacks(value) {
@@ -285,7 +294,7 @@ func (c *candidate) headerMatch(key, value string) bool {
 	c.parseHeader()
 	v := fieldValueOf(c, key)
 	fs.put(c.m.UID, v)
-	return v.has(lower)
+	return v.has(sv.lower)
 }
 
 // headerHas: an empty value asks whether the field exists; otherwise a
@@ -313,7 +322,7 @@ func (c *candidate) headerHas(key, value string) bool {
 // without encoded words decodes to its own bytes. SEARCH SUBJECT on 10,000
 // messages spent most of its time parsing headers that could not match.
 func (c *candidate) headerLacks(value string) bool {
-	words := c.q.wordsOf(value)
+	words := c.q.value(value).words
 	if len(words) == 0 {
 		return false
 	}
