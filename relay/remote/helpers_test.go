@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,18 +29,6 @@ import (
 	"github.com/relaymail/relay/relay/remote"
 	"github.com/relaymail/relay/spool"
 )
-
-// knownBugs reports whether tests of reported, unfixed bugs should run (and
-// fail) rather than skip: RELAY_KNOWN_BUGS=1.
-func knownBugs() bool { return os.Getenv("RELAY_KNOWN_BUGS") == "1" }
-
-// skipBug skips a test that shows a known bug unless RELAY_KNOWN_BUGS=1.
-func skipBug(t *testing.T, format string, a ...any) {
-	t.Helper()
-	if !knownBugs() {
-		t.Skipf("BUG: "+format+" (RELAY_KNOWN_BUGS=1 runs it)", a...)
-	}
-}
 
 // Scripted replies. A reply is "250", "450 4.2.0 text", "550 5.1.1 text",
 // or, for DATA only, one of the actions below.

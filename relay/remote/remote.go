@@ -458,8 +458,8 @@ func (c *deadlineConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *deadlineConn) SetWriteDeadline(time.Time) error { return nil }
 
 // connect opens a session with opportunistic STARTTLS: when the server does
-// not offer it or the handshake fails, it reconnects in plain text and
-// remembers that for an hour. A smarthost that needs AUTH gets it only over
+// not offer it, the session goes on in plain text; when the handshake fails,
+// it reconnects in plain text and remembers that for an hour. A smarthost that needs AUTH gets it only over
 // TLS (or on loopback).
 func (t *Transport) connect(ctx context.Context, hp string, auth bool) (*pooled, *failure) {
 	host := hostOnly(hp)
@@ -467,6 +467,7 @@ func (t *Transport) connect(ctx context.Context, hp string, auth bool) (*pooled,
 	plainOnly := time.Now().Before(t.noTLS[hp])
 	t.mu.Unlock()
 	var c *smtp.Client
+	isTLS := false
 	if !plainOnly {
 		conn, f := t.dial(ctx, hp)
 		if f != nil {
@@ -476,34 +477,23 @@ func (t *Transport) connect(ctx context.Context, hp string, auth bool) (*pooled,
 			// Opportunistic TLS: an MX rarely has a certificate for its
 			// name, and refusing it would only fall back to plain text.
 			InsecureSkipVerify: true}
-		cl, err := smtp.NewClientStartTLS(conn, cfg)
-		if err == nil {
-			c = cl
-		} else {
-			conn.Close()
-			var se *smtp.SMTPError
-			if errors.As(err, &se) && se.Code >= 500 && !strings.Contains(err.Error(), "STARTTLS") || isTimeout(err) {
-				return nil, fromSMTP("greeting", err)
-			}
+		sc, tlsOK, err := openTLS(ctx, conn, t.cfg.Hostname, cfg)
+		switch {
+		case errors.Is(err, errTLSBroken):
+			t.log.Info("STARTTLS failed, using plain text for an hour", "host", hp, "error", err)
 			t.mu.Lock()
 			t.noTLS[hp] = time.Now().Add(time.Hour)
 			t.mu.Unlock()
-		}
-	}
-	if c != nil {
-		c.CommandTimeout, c.SubmissionTimeout = t.cfg.CommandTimeout, t.cfg.CommandTimeout
-		// The TLS handshake runs lazily, at this EHLO: a broken one
-		// falls back to plain text like a missing STARTTLS.
-		if err := c.Hello(t.cfg.Hostname); err != nil {
-			c.Close()
-			var se *smtp.SMTPError
-			if errors.As(err, &se) || isTimeout(err) {
+		case err != nil:
+			conn.Close()
+			return nil, fromSMTP("greeting", err)
+		default:
+			c, isTLS = smtp.NewClient(sc), tlsOK
+			c.CommandTimeout, c.SubmissionTimeout = t.cfg.CommandTimeout, t.cfg.CommandTimeout
+			if err := c.Hello(t.cfg.Hostname); err != nil {
+				c.Close()
 				return nil, fromSMTP("EHLO", err)
 			}
-			t.mu.Lock()
-			t.noTLS[hp] = time.Now().Add(time.Hour)
-			t.mu.Unlock()
-			c = nil
 		}
 	}
 	if c == nil {
@@ -519,7 +509,6 @@ func (t *Transport) connect(ctx context.Context, hp string, auth bool) (*pooled,
 		}
 	}
 	if auth {
-		_, isTLS := c.TLSConnectionState()
 		if !isTLS && !isLoopback(host) {
 			c.Close()
 			return nil, temp("451 4.7.0 %s offers no STARTTLS; not sending the relayhost password in plain text", hp)
