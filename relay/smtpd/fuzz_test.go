@@ -150,24 +150,17 @@ func checkReplies(b []byte) error {
 // panicRecorder is a slog handler that keeps what go-smtp logs about
 // recovered panics ("panic serving ...").
 type panicRecorder struct {
-	// ignoreKnown drops the known panic of isBDATHangupPanic unless
-	// RELAY_KNOWN_BUGS=1.
-	ignoreKnown bool
-
 	mu   sync.Mutex
 	seen []string
 }
 
-var panicLog = panicRecorder{ignoreKnown: true}
+var panicLog panicRecorder
 
 func (p *panicRecorder) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelError }
 
 func (p *panicRecorder) Handle(_ context.Context, r slog.Record) error {
 	r.Attrs(func(a slog.Attr) bool {
 		v := a.Value.String()
-		if p.ignoreKnown && isBDATHangupPanic(v) && os.Getenv("RELAY_KNOWN_BUGS") != "1" {
-			return true
-		}
 		if strings.Contains(v, "panic") {
 			p.mu.Lock()
 			p.seen = append(p.seen, v)
@@ -180,13 +173,6 @@ func (p *panicRecorder) Handle(_ context.Context, r slog.Record) error {
 
 func (p *panicRecorder) WithAttrs([]slog.Attr) slog.Handler { return p }
 func (p *panicRecorder) WithGroup(string) slog.Handler      { return p }
-
-// isBDATHangupPanic recognises the known go-smtp panic of
-// TestBDATThenHangUp (seed bdat_hangup_panic), so that fuzzing can look for
-// others.
-func isBDATHangupPanic(detail string) bool {
-	return strings.Contains(detail, "nil pointer dereference") && strings.Contains(detail, "handleBdat.func1")
-}
 
 // take returns and forgets the panics logged so far.
 func (p *panicRecorder) take() string {

@@ -286,6 +286,12 @@ func (s *session) dataError(m *spool.Message, err error) error {
 		reply, reason = smtp.ErrDataTooLarge, "too large"
 	case errors.Is(err, errBareLine):
 		reply, reason = errBareNewline, "bare newline"
+	case errors.Is(err, errTimeout):
+		// A read under the data deadline timed out (trackedConn.Read).
+		reply, reason = errTimeout, "timeout"
+		s.mu.Lock()
+		s.closeAfterReply = true
+		s.mu.Unlock()
 	case errors.Is(err, errHeader8bit):
 		reply, reason = errHeader8bitReply, "8-bit header"
 	case errors.As(err, &ne) && ne.Timeout():
@@ -423,7 +429,7 @@ func (d *deadlineReader) Read(p []byte) (int, error) {
 	if dl.After(d.end) {
 		dl = d.end
 	}
-	d.conn.SetReadDeadline(dl)
+	setDataDeadline(d.conn, dl)
 	if len(p) > maxRead {
 		p = p[:maxRead]
 	}

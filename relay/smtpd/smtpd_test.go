@@ -852,8 +852,11 @@ func TestShutdownDropsRest(t *testing.T) {
 }
 
 // TestBDATThenHangUp: a client that announces a BDAT chunk and hangs up
-// must not make the server panic (found by FuzzSession, seed
-// bdat_hangup_panic).
+// must not put an error with a stack trace into the log (found by
+// FuzzSession, seed bdat_hangup_panic). go-smtp v0.25.1 still panics in
+// its BDAT goroutine when the session is gone (conn.go handleBdat calls
+// c.Session() only when the goroutine runs) and recovers it; the relay logs
+// that at debug level, since any client can cause it.
 func TestBDATThenHangUp(t *testing.T) {
 	t.Parallel()
 	var rec panicRecorder
@@ -876,8 +879,7 @@ func TestBDATThenHangUp(t *testing.T) {
 	if n == 0 {
 		return
 	}
-	knownBug(t, "go-smtp v0.25.1 conn.go:1059 handleBdat: the Data goroutine calls c.Session() only when it gets scheduled; if the client hung up after \"BDAT n\", Conn.Close has already set the session to nil and the goroutine panics with a nil pointer dereference (recovered, logged with a stack trace: any client can flood the error log)")
-	t.Fatalf("%d of 100 connections made the server panic:\n%s", n, rec.take())
+	t.Fatalf("%d of 100 connections logged a panic as an error:\n%s", n, rec.take())
 }
 
 // rawConn is a client connection that speaks bytes, for what go-smtp's
