@@ -188,6 +188,11 @@ func (s *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	if !hasFrom {
 		return errNoMail
 	}
+	if strings.EqualFold(to, "postmaster") && len(s.srv.cfg.Domains) > 0 {
+		// RFC 5321 §4.1.1.3: <Postmaster> without a domain is the
+		// postmaster of this host, which is the first local domain's.
+		to = "postmaster@" + s.srv.cfg.Domains[0]
+	}
 	a, err := addr.Parse(to, s.params.SMTPUTF8)
 	if errors.Is(err, addr.ErrUTF8) {
 		return errNeedUTF8

@@ -851,6 +851,22 @@ func TestShutdownDropsRest(t *testing.T) {
 	s.wantQueued(t, 0)
 }
 
+// TestPostmasterWithoutDomain: RCPT TO:<Postmaster> (RFC 5321 §4.1.1.3)
+// is the postmaster of the first local domain.
+func TestPostmasterWithoutDomain(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, testConfig())
+	rc := s.rawHello(t)
+	rc.expect("MAIL FROM:<a@example.net>", "250 ")
+	rc.expect("RCPT TO:<PostMaster>", "250 ")
+	rc.expect("DATA", "354 ")
+	rc.expect("Subject: x\r\n\r\nhi\r\n.", "250 ")
+	ms := s.wantQueued(t, 1)
+	if got := ms[0].Rcpts[0].Address; got != "postmaster@localhost" {
+		t.Errorf("recipient %q, want postmaster@localhost", got)
+	}
+}
+
 // TestBDATThenHangUp: a client that announces a BDAT chunk and hangs up
 // must not put an error with a stack trace into the log (found by
 // FuzzSession, seed bdat_hangup_panic). go-smtp v0.25.1 still panics in
