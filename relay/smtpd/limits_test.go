@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"github.com/relaymail/relay/internal/connlimit"
@@ -262,4 +263,29 @@ func TestAuthLockout(t *testing.T) {
 	mu.Unlock()
 	rc = s.rawHello(t)
 	rc.expect("AUTH PLAIN "+plainIR("", subUser, subPass), "235 ")
+}
+
+// TestAuthLockoutPerAccount: failures against one account from several
+// addresses add up, so guessing from many addresses still locks the account,
+// while each address alone stays under the limit.
+func TestAuthLockoutPerAccount(t *testing.T) {
+	t.Parallel()
+	f := newAuthFixture(t)
+	cfg, _ := f.config(true)
+	cfg.Throttle.Limit, cfg.Throttle.Lockout = 3, time.Minute
+	s := startServer(t, cfg)
+	login := func(ip, pass string) error {
+		c, err := smtp.NewClientStartTLS(dialFrom(t, ip, s.addr), &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatalf("STARTTLS from %s: %v", ip, err)
+		}
+		defer c.Close()
+		c.CommandTimeout = 10 * time.Second
+		return c.Auth(sasl.NewPlainClient("", subUser, pass))
+	}
+	for _, ip := range []string{"127.0.0.2", "127.0.0.2", "127.0.0.3"} {
+		wantCode(t, "wrong password from "+ip, login(ip, "wrong"), 535, smtp.EnhancedCode{5, 7, 8})
+	}
+	// A fresh address with the right password: the account is locked.
+	wantCode(t, "right password after 3 failures on the account", login("127.0.0.4", subPass), 454, smtp.EnhancedCode{4, 7, 0})
 }
