@@ -483,13 +483,14 @@ func (l *Loop) retryLater(rc *spool.Recipient, now time.Time, reason string) {
 }
 
 // Backoff is the wait after the n-th failed attempt: first, doubling with
-// each attempt, capped at most, computed in float seconds so large n cannot
-// overflow, then spread by up to ±10% (jitter in [0,1)) so that messages
-// deferred together do not retry in lockstep.
+// each attempt, computed in float seconds so large n cannot overflow,
+// spread by up to ±10% (jitter in [0,1)) so that messages deferred together
+// do not retry in lockstep, and capped at most, so that attempts are never
+// further apart than most (at the cap the spread is 90-100% of it).
 func Backoff(n int, first, most time.Duration, jitter float64) time.Duration {
 	s := first.Seconds() * math.Pow(2, float64(max(n-1, 0)))
 	s = math.Min(s, most.Seconds())
-	s *= 0.9 + 0.2*jitter
+	s = math.Min(s*(0.9+0.2*jitter), most.Seconds())
 	return time.Duration(s * float64(time.Second))
 }
 

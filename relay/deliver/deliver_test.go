@@ -594,7 +594,7 @@ func TestBackoff(t *testing.T) {
 			{0.25, 0.95},
 			{math.Nextafter(1, 0), 1.1},
 		} {
-			exact := time.Duration(float64(base) * tc.factor)
+			exact := min(time.Duration(float64(base)*tc.factor), most)
 			if got := deliver.Backoff(n, first, most, tc.jitter); !near(got, exact) {
 				t.Errorf("Backoff(%d, jitter %v) = %v, want %v", n, tc.jitter, got, exact)
 			}
@@ -608,7 +608,7 @@ func TestBackoff(t *testing.T) {
 	}
 	for _, n := range []int{63, 64, 1000, 1100, 1 << 20, math.MaxInt} {
 		for _, j := range []float64{0, 0.5, 0.99} {
-			wantD := time.Duration(float64(most) * (0.9 + 0.2*j))
+			wantD := min(time.Duration(float64(most)*(0.9+0.2*j)), most)
 			if got := deliver.Backoff(n, first, most, j); !near(got, wantD) {
 				t.Errorf("Backoff(%d, jitter %v) = %v, want %v", n, j, got, wantD)
 			}

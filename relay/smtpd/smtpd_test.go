@@ -504,7 +504,7 @@ func TestBodyAtLimit(t *testing.T) {
 	}
 	err := send(c, "a@example.net", nil, []string{"b@localhost"}, body)
 	if err != nil {
-		knownBug(t, "go-smtp v0.25.1 data.go dataReader refuses a DATA body of exactly MaxMessageBytes with 552 (it runs out of budget before reading the final .CRLF), although SIZE advertises that size")
+		knownBug(t, "go-smtp v0.26.0 data.go dataReader refuses a DATA body of exactly MaxMessageBytes with 552 (it runs out of budget before reading the final .CRLF), although SIZE advertises that size")
 		t.Fatalf("body of exactly MaxMessageBytes: %v", err)
 	}
 	s.wantQueued(t, 2)
@@ -692,7 +692,7 @@ func TestCRBeforeCRLF(t *testing.T) {
 	start := time.Now()
 	lines, err := rc.readReply(time.Second)
 	if err != nil {
-		knownBug(t, "go-smtp v0.25.1 data.go dataReader: in stateCR a second CR moves to stateData, so the CRLF of \"line<CR><CR><LF>\" is not seen as a line end and the following \".<CR><LF>\" does not end the data; the client gets no reply until DataIdleTimeout")
+		knownBug(t, "go-smtp v0.26.0 data.go dataReader: in stateCR a second CR moves to stateData, so the CRLF of \"line<CR><CR><LF>\" is not seen as a line end and the following \".<CR><LF>\" does not end the data; the client gets no reply until DataIdleTimeout")
 		t.Fatalf("no reply within 1s of the end of data: %v", err)
 	}
 	if got := lines[len(lines)-1]; !strings.HasPrefix(got, "550 5.6.0") {
@@ -721,7 +721,7 @@ func TestDotCRInData(t *testing.T) {
 		ms := s.wantQueued(t, 1)
 		_, rest := splitReceived(t, s.body(t, ms[0].ID))
 		t.Logf("stored body: %q", rest)
-		knownBug(t, "go-smtp v0.25.1 data.go dataReader drops the \".<CR>\" of \"<CR><LF>.<CR>X\" (stateDotCR elides the CR and never emits it), so the relay's crlfReader never sees the bare CR: the message is accepted (250) and stored altered instead of refused with 550 5.6.0")
+		knownBug(t, "go-smtp v0.26.0 data.go dataReader drops the \".<CR>\" of \"<CR><LF>.<CR>X\" (stateDotCR elides the CR and never emits it), so the relay's crlfReader never sees the bare CR: the message is accepted (250) and stored altered instead of refused with 550 5.6.0")
 	}
 	t.Fatalf("end of data: got %q, want 550 5.6.0", got)
 }
@@ -869,7 +869,7 @@ func TestPostmasterWithoutDomain(t *testing.T) {
 
 // TestBDATThenHangUp: a client that announces a BDAT chunk and hangs up
 // must not put an error with a stack trace into the log (found by
-// FuzzSession, seed bdat_hangup_panic). go-smtp v0.25.1 still panics in
+// FuzzSession, seed bdat_hangup_panic). go-smtp v0.26.0 still panics in
 // its BDAT goroutine when the session is gone (conn.go handleBdat calls
 // c.Session() only when the goroutine runs) and recovers it; the relay logs
 // that at debug level, since any client can cause it.
