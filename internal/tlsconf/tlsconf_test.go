@@ -39,6 +39,16 @@ func serve(t *testing.T, cfg *tls.Config) string {
 	return l.Addr().String()
 }
 
+// selfSigned loads certificates made for mx.test in a fresh directory.
+func selfSigned(t *testing.T) *tlsconf.Certs {
+	t.Helper()
+	certs, err := tlsconf.Load("", "", t.TempDir(), "mx.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs
+}
+
 // TestSelfSignedKept: without a certificate the first Load makes one in the
 // data directory, and the next Load uses the same.
 func TestSelfSignedKept(t *testing.T) {
@@ -66,11 +76,7 @@ func TestSelfSignedKept(t *testing.T) {
 // (Outlook aborts STARTTLS with Go servers that issue tickets), under TLS 1.2
 // and 1.3.
 func TestNoSessionTickets(t *testing.T) {
-	certs, err := tlsconf.Load("", "", t.TempDir(), "mx.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := serve(t, certs.Config())
+	addr := serve(t, selfSigned(t).Config())
 	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
 		cache := tls.NewLRUClientSessionCache(4)
 		for i := range 2 {
@@ -91,11 +97,7 @@ func TestNoSessionTickets(t *testing.T) {
 
 // TestOldVersionsRefused: TLS 1.0 and 1.1 do not get a handshake.
 func TestOldVersionsRefused(t *testing.T) {
-	certs, err := tlsconf.Load("", "", t.TempDir(), "mx.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := serve(t, certs.Config())
+	addr := serve(t, selfSigned(t).Config())
 	for _, v := range []uint16{tls.VersionTLS10, tls.VersionTLS11} {
 		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr,
 			&tls.Config{InsecureSkipVerify: true, MinVersion: v, MaxVersion: v})

@@ -291,15 +291,11 @@ func (s *session) dataError(m *spool.Message, err error) error {
 		reply, reason = smtp.ErrDataTooLarge, "too large"
 	case errors.Is(err, errBareLine):
 		reply, reason = errBareNewline, "bare newline"
-	case errors.Is(err, errTimeout):
-		// A read under the data deadline timed out (trackedConn.Read).
-		reply, reason = errTimeout, "timeout"
-		s.mu.Lock()
-		s.closeAfterReply = true
-		s.mu.Unlock()
 	case errors.Is(err, errHeader8bit):
 		reply, reason = errHeader8bitReply, "8-bit header"
-	case errors.As(err, &ne) && ne.Timeout():
+	case errors.Is(err, errTimeout), errors.As(err, &ne) && ne.Timeout():
+		// errTimeout is trackedConn.Read's for a read past the data
+		// deadline; the plain timeout comes from an untracked connection.
 		reply, reason = errTimeout, "timeout"
 		s.mu.Lock()
 		s.closeAfterReply = true

@@ -460,11 +460,12 @@ func (e slogErrorLog) log(detail string) {
 	first, _, _ := strings.Cut(detail, "\n")
 	switch {
 	case strings.Contains(detail, "nil pointer dereference") && strings.Contains(detail, "handleBdat"):
-		// go-smtp (v0.25 and v0.26) starts the BDAT reader in a goroutine that asks
-		// for the session only when it runs; when the client has hung up
-		// by then, the session is gone and the goroutine panics (go-smtp
-		// recovers it). Nothing is lost, but any client can cause it, so
-		// it gets one quiet line rather than an error with a stack.
+		// go-smtp (v0.25, v0.26) starts the BDAT reader in a goroutine
+		// that asks for the session only when it runs; when the client
+		// has hung up by then, the session is gone and the goroutine
+		// panics (go-smtp recovers it). Nothing is lost, but any client
+		// can cause it, so it gets one quiet line, not an error with a
+		// stack.
 		e.l.Debug("client hung up during BDAT", "detail", first)
 	case strings.Contains(detail, errTimeout.Message):
 		// Under TLS the data timeout's error stays on the connection,
