@@ -258,3 +258,27 @@ func (s *Store) Authenticate(addr, password string) (string, error) {
 	}
 	return addr, nil
 }
+
+// keyDomains holds the local domains the server last ran with.
+const keyDomains = "m/cfg/domains"
+
+// SetDomains records the local domains a server runs with, so that `relay
+// user add` run while no server is up can tell a local address from a typo
+// without being given the server's configuration again.
+func (s *Store) SetDomains(domains []string) error {
+	return s.update(func(txn *badger.Txn) error { return putJSON(txn, []byte(keyDomains), domains) })
+}
+
+// Domains returns the local domains SetDomains recorded last, or nil when
+// no server has run on this store yet.
+func (s *Store) Domains() ([]string, error) {
+	var domains []string
+	err := s.db.View(func(txn *badger.Txn) error { return getJSON(txn, []byte(keyDomains), &domains) })
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read local domains: %w", err)
+	}
+	return domains, nil
+}

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -79,9 +80,18 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.Data, 0o750); err != nil {
+	dir, err := filepath.Abs(cfg.Data)
+	if err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
+	_, statErr := os.Stat(dir)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	if errors.Is(statErr, os.ErrNotExist) {
+		log.Info("created data directory", "dir", dir)
+	}
+	log.Info("data directory", "dir", dir)
 	db, err := store.Open(cfg.Data, store.Options{Logger: log})
 	if errors.Is(err, store.ErrLocked) {
 		return nil, fmt.Errorf("%s is in use: is another relay serve running with --data %s?", cfg.Data, cfg.Data)
@@ -91,6 +101,11 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, db: db, spool: spool.New(db, nil), boxes: mailbox.New(db, nil),
 		listeners: map[string]net.Addr{}, authThrottle: throttle.New(time.Second, 15*time.Second)}
+	// Recorded for `relay user add` while no server runs.
+	if err := s.boxes.SetDomains(cfg.Domains); err != nil {
+		db.Close()
+		return nil, err
+	}
 	// The mail log: one line per queue event, in the server's log.
 	s.spool.SetMailLog(log)
 	s.metrics = metrics.New(s.queueStats)

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/relaymail/relay/internal/admin"
 	"github.com/relaymail/relay/mailbox"
@@ -17,9 +20,25 @@ type UserRequest struct {
 	Force    bool   `json:"force,omitempty"`
 }
 
+// MinPassword is the shortest password `relay user` accepts, in characters.
+// Accounts are reachable over SMTP AUTH and IMAP from the network, where
+// short passwords fall to guessing despite the throttle.
+const MinPassword = 8
+
 // UserOp runs one `relay user` verb on a mailbox store; the CLI calls it
-// directly when no server runs, the admin API when one does.
-func UserOp(boxes *mailbox.Store, verb string, req UserRequest) (any, error) {
+// directly when no server runs, the admin API when one does. domains are the
+// local domains, which an added address must be in unless req.Force.
+func UserOp(boxes *mailbox.Store, domains []string, verb string, req UserRequest) (any, error) {
+	if verb == "add" || verb == "passwd" {
+		if n := utf8.RuneCountInString(req.Password); n < MinPassword {
+			return nil, admin.UserError(fmt.Errorf("the password is too short (%d characters): use at least %d", n, MinPassword))
+		}
+	}
+	if verb == "add" && !req.Force {
+		if err := checkLocal(req.Address, domains); err != nil {
+			return nil, admin.UserError(err)
+		}
+	}
 	var err error
 	switch verb {
 	case "add":
@@ -36,7 +55,22 @@ func UserOp(boxes *mailbox.Store, verb string, req UserRequest) (any, error) {
 	return struct{}{}, userError(err)
 }
 
-// userError gives store errors the kind the CLI turns into exit status 1.
+// checkLocal refuses an account outside the local domains: mail to it
+// would never arrive, since the relay routes such mail elsewhere.
+func checkLocal(address string, domains []string) error {
+	at := strings.LastIndexByte(address, '@')
+	if at < 0 {
+		return nil // AddUser says what is wrong with it
+	}
+	d := strings.ToLower(address[at+1:])
+	if slices.ContainsFunc(domains, func(l string) bool { return strings.EqualFold(l, d) }) {
+		return nil
+	}
+	return fmt.Errorf("%s is not a local domain (the local domains are %s), so no mail would reach %s: "+
+		"add it to relay serve with --domain %s (or the domain setting), or pass --force",
+		d, strings.Join(domains, ", "), address, d)
+}
+
 func userError(err error) error {
 	switch {
 	case err == nil:
@@ -57,7 +91,7 @@ func (s *Server) registerUserOps() {
 			if err := json.Unmarshal(raw, &req); err != nil {
 				return nil, admin.UserError(fmt.Errorf("bad request: %w", err))
 			}
-			return UserOp(s.boxes, verb, req)
+			return UserOp(s.boxes, s.cfg.Domains, verb, req)
 		})
 	}
 }

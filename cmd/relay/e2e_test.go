@@ -155,10 +155,12 @@ const testPassword = "e2e-password"
 // addUsers makes local accounts for addrs in data, so that RCPT TO accepts
 // them once the relay checks local users (550 5.1.1 otherwise). A relay
 // without accounts (no `relay user`) accepts every local address as it is.
+// The accounts are made before the server first runs with their domain,
+// so the domain check is skipped with --force (TestUserAddDomains tests it).
 func addUsers(t *testing.T, data string, addrs ...string) {
 	t.Helper()
 	for _, a := range addrs {
-		res := runRelayStdin(t, testPassword+"\n", nil, "user", "add", a, "--password-stdin", "--data", data)
+		res := runRelayStdin(t, testPassword+"\n", nil, "user", "add", a, "--password-stdin", "--force", "--data", data)
 		if res.code == 2 && strings.Contains(res.stderr, `unknown subcommand "user"`) {
 			return
 		}
@@ -473,6 +475,19 @@ func TestCLIExitStatus(t *testing.T) {
 		{"queue list with argument", []string{"queue", "list", "extra", "--data", empty}, 2, "", "no arguments"},
 		{"queue list without data", []string{"queue", "list", "--data", empty}, 1, "", "no relay data in " + empty},
 		{"queue show without data", []string{"queue", "show", "NOSUCHID", "--data", empty}, 1, "", "no relay data in " + empty},
+		{"help flag", []string{"-h"}, 0, "usage:", ""},
+		{"queue help", []string{"queue", "-h"}, 0, "relay queue flush [ID...]", ""},
+		{"user help", []string{"user", "--help"}, 0, "relay user passwd ADDRESS", ""},
+		{"sendmail help", []string{"sendmail", "-h"}, 0, "relay sendmail [-t]", ""},
+		{"help of a subcommand", []string{"help", "queue"}, 0, "relay queue tail", ""},
+		{"queue verb help", []string{"queue", "show", "-h"}, 0, "", "-body"},
+		{"serve help", []string{"serve", "-h"}, 0, "", "-max-message-size size"},
+		{"global flag before the subcommand", []string{"--data", empty, "queue", "list"}, 1, "", "no relay data in " + empty},
+		{"global flag with = before the subcommand", []string{"--data=" + empty, "user", "list"}, 1, "", "no relay data in " + empty},
+		{"other flag before the subcommand", []string{"--json", "queue", "list"}, 2, "", "--json cannot stand before the subcommand"},
+		{"global flag without value", []string{"--data"}, 2, "", "--data needs a value"},
+		{"user list without data", []string{"user", "list", "--data", empty}, 1, "", "no relay data in " + empty},
+		{"bad usage shows the subcommand's usage", []string{"queue", "show", "--data", empty}, 2, "", "relay queue tail"},
 		{"serve with argument", []string{"serve", "extra", "--data", empty}, 2, "", "serve takes no arguments"},
 		{"serve bad address", []string{"serve", "--data", empty, "--smtp", "nowhere"}, 1, "", `smtp: "nowhere" is not HOST:PORT`},
 	}

@@ -59,19 +59,28 @@ func withSpool(dir string, remote func(*admin.Client) error, local func(*spool.S
 // withDB runs remote against the running server, or, when none answers on the
 // socket, local against the database opened directly (Badger allows one
 // process at a time, so it cannot be opened beside a running server).
-// With create, a missing database is made (an operator may add users before
-// the first start).
+// With create, a missing database is made and the user told where (an
+// operator may add users before the first start); without, a missing one is
+// an error that names the directory, since a relative --data run from the
+// wrong directory would otherwise work on a new, empty database.
 func withDB(dir string, create bool, remote func(*admin.Client) error, local func(*store.DB) error) error {
 	err := remote(admin.NewClient(admin.Socket(dir)))
 	if !errors.Is(err, admin.ErrNoServer) {
 		return err
 	}
-	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err != nil && !create {
-		return fmt.Errorf("no relay data in %s: start relay serve there first, or point --data (or RELAY_DATA) at the data directory", dir)
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("data directory %s: %w", dir, err)
 	}
-	db, err := store.Open(dir, store.Options{})
+	_, statErr := os.Stat(abs)
+	_, err = os.Stat(filepath.Join(abs, "MANIFEST"))
+	fresh := err != nil
+	if fresh && !create {
+		return fmt.Errorf("no relay data in %s: point --data (or RELAY_DATA) at the data directory relay serve uses", abs)
+	}
+	db, err := store.Open(abs, store.Options{})
 	if errors.Is(err, store.ErrLocked) {
-		return fmt.Errorf("the database in %s is in use but no server answers on %s", dir, admin.Socket(dir))
+		return fmt.Errorf("the database in %s is in use but no server answers on %s", abs, admin.Socket(abs))
 	}
 	if err != nil {
 		return err
@@ -79,6 +88,14 @@ func withDB(dir string, create bool, remote func(*admin.Client) error, local fun
 	err = local(db)
 	if cerr := db.Close(); err == nil {
 		err = cerr
+	}
+	switch {
+	case fresh && err != nil && errors.Is(statErr, os.ErrNotExist):
+		// Nothing was made but an empty database: take it back, so a
+		// refused command leaves no directory behind.
+		os.RemoveAll(abs)
+	case fresh && err == nil:
+		fmt.Fprintf(os.Stderr, "relay: created the data directory %s\n", abs)
 	}
 	return err
 }

@@ -30,7 +30,7 @@ func userCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var cf clientFlags
 	cf.bind(fs)
 	pwStdin := fs.Bool("password-stdin", false, "read the password from the first line of standard input")
-	force := fs.Bool("force", false, "del: delete the user's mail too")
+	force := fs.Bool("force", false, "add: allow an address outside the local domains; del: delete the user's mail too")
 	asJSON := fs.Bool("json", false, "list: print JSON")
 	pos, err := config.ParseInterleaved(fs, args)
 	if err != nil {
@@ -61,7 +61,7 @@ func userCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 	}
 	var users []mailbox.UserInfo
-	err = withBoxes(dir,
+	err = withBoxes(dir, verb == "add",
 		func(c *admin.Client) error {
 			if verb == "list" {
 				return c.Call(context.Background(), "user/list", req, &users)
@@ -69,7 +69,11 @@ func userCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return c.Call(context.Background(), "user/"+verb, req, nil)
 		},
 		func(boxes *mailbox.Store) error {
-			res, err := relay.UserOp(boxes, verb, req)
+			domains, err := localDomains(cf.file, boxes)
+			if err != nil {
+				return err
+			}
+			res, err := relay.UserOp(boxes, domains, verb, req)
 			if u, ok := res.([]mailbox.UserInfo); ok {
 				users = u
 			}
@@ -135,8 +139,25 @@ func readPassword(stdin io.Reader, stderr io.Writer, fromStdin bool) (string, er
 	return pw, nil
 }
 
-// withBoxes is withSpool for the mailbox store.
-func withBoxes(dir string, remote func(*admin.Client) error, local func(*mailbox.Store) error) error {
-	create := func(db *store.DB) error { return local(mailbox.New(db, nil)) }
-	return withDB(dir, true, remote, create)
+// withBoxes is withSpool for the mailbox store; create makes the database
+// when there is none yet.
+func withBoxes(dir string, create bool, remote func(*admin.Client) error, local func(*mailbox.Store) error) error {
+	return withDB(dir, create, remote, func(db *store.DB) error { return local(mailbox.New(db, nil)) })
+}
+
+// localDomains are the local domains for `relay user` without a running
+// server: those of the --config file when one is given, else those the
+// server last ran with, else the default.
+func localDomains(file string, boxes *mailbox.Store) ([]string, error) {
+	cfg := config.Default()
+	if file != "" {
+		if err := cfg.Load(file); err != nil {
+			return nil, err
+		}
+		return cfg.Domains, nil
+	}
+	if d, err := boxes.Domains(); err != nil || len(d) > 0 {
+		return d, err
+	}
+	return cfg.Domains, nil
 }

@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
@@ -123,12 +125,20 @@ func TestUserCommands(t *testing.T) {
 
 func testUserLife(t *testing.T, u userRun) {
 	const alice, bob = "alice@localhost", "bob@localhost"
-	if res := u.want("", 0, "", "", "list", "--json"); strings.TrimSpace(res.stdout) != "[]" {
-		t.Errorf("user list --json with no users printed %q, want []", res.stdout)
+	if u.srv == nil {
+		// Only add (and serve) make a data directory; the others name
+		// the one they did not find.
+		abs, _ := filepath.Abs(u.data)
+		u.want("", 1, "", "no relay data in "+abs, "list", "--json")
+		u.want("first-pw\n", 0, "user alice@localhost added", "created the data directory "+abs, "add", alice, "--password-stdin")
+	} else {
+		u.want("first-pw\n", 0, "user alice@localhost added", "", "add", alice, "--password-stdin")
 	}
-	u.want("first-pw\n", 0, "user alice@localhost added", "", "add", alice, "--password-stdin")
+	if res := u.want("", 0, "", "", "list", "--json"); !strings.Contains(res.stdout, alice) {
+		t.Errorf("user list --json after add printed %q, want %s", res.stdout, alice)
+	}
 	// Flags before the address, the address in mixed case.
-	u.want("bob-pw\n", 0, "user bob@localhost added", "", "add", "--password-stdin", "Bob@LocalHost")
+	u.want("bob-password\n", 0, "user bob@localhost added", "", "add", "--password-stdin", "Bob@LocalHost")
 	u.want("other-pw\n", 1, "", "already exists", "add", "ALICE@localhost", "--password-stdin")
 
 	users := u.wantUsers(alice, bob)
@@ -178,7 +188,7 @@ func testUserLife(t *testing.T, u userRun) {
 		}
 	}
 	u.want("", 1, "", "no such user", "del", alice)
-	u.want("x\n", 1, "", "no such user", "passwd", "nobody@localhost", "--password-stdin")
+	u.want("xxxxxxxx\n", 1, "", "no such user", "passwd", "nobody@localhost", "--password-stdin")
 	u.want("", 0, "user bob@localhost deleted", "", "del", bob)
 	u.wantUsers()
 }
@@ -226,8 +236,12 @@ func testUserMistakes(t *testing.T, u userRun) {
 		{"add without terminal", "pw\n", []string{"add", "carol@localhost"}, 1, "--password-stdin"},
 		{"passwd without terminal", "pw\n", []string{"passwd", "carol@localhost"}, 1, "--password-stdin"},
 		{"add with empty password", "\n", []string{"add", "carol@localhost", "--password-stdin"}, 1, "empty"},
-		{"add plus-address", "pw\n", []string{"add", "carol+tag@localhost", "--password-stdin"}, 1, "+tag"},
-		{"add without domain", "pw\n", []string{"add", "carol", "--password-stdin"}, 1, "local@domain"},
+		{"add plus-address", "password\n", []string{"add", "carol+tag@localhost", "--password-stdin"}, 1, "+tag"},
+		{"add without domain", "password\n", []string{"add", "carol", "--password-stdin"}, 1, "local@domain"},
+		{"add short password", "seven77\n", []string{"add", "carol@localhost", "--password-stdin"}, 1, "too short (7 characters): use at least 8"},
+		{"passwd short password", "seven77\n", []string{"passwd", "bob@localhost", "--password-stdin"}, 1, "too short"},
+		{"add outside the local domains", "password\n", []string{"add", "carol@example.org", "--password-stdin"}, 1, "example.org is not a local domain (the local domains are localhost)"},
+		{"add help", "", []string{"add", "-h"}, 0, "-password-stdin"},
 	}
 	if res := runRelay(t, nil, "user"); res.code != 2 || !strings.Contains(res.stderr, "a verb is needed") {
 		t.Errorf("relay user: %s\nwant exit 2 saying a verb is needed", res)
@@ -235,6 +249,11 @@ func testUserMistakes(t *testing.T, u userRun) {
 	for _, tt := range tests {
 		u.want(tt.stdin, tt.code, "", tt.stderr, tt.args...)
 	}
+	u.wantUsers()
+	// --force takes an address outside the local domains (a domain the
+	// operator is about to add).
+	u.want("password\n", 0, "user carol@example.org added", "", "add", "carol@example.org", "--force", "--password-stdin")
+	u.want("", 0, "user carol@example.org deleted", "", "del", "carol@example.org")
 	u.wantUsers()
 }
 
@@ -342,6 +361,52 @@ func TestUserPromptEchoOffFirst(t *testing.T) {
 		}
 		if strings.Contains(out, secret) {
 			t.Fatalf("try %d: the password typed at the prompt was echoed:\n%s", i, out)
+		}
+	}
+}
+
+// TestUserAddDomains: without a running server, `relay user add` checks an
+// address against the domains relay serve last ran with (or those of
+// --config), so an account for the server's own domain needs no --force.
+func TestUserAddDomains(t *testing.T) {
+	t.Parallel()
+	dir := workDir(t)
+	data := filepath.Join(dir, "data")
+	u := userRun{t: t, data: data}
+	u.want("password\n", 1, "", "example.org is not a local domain", "add", "bob@example.org", "--password-stdin")
+	srv := startServer(t, data, "--domain", "example.org", "--domain", "example.net")
+	srv.stop()
+	// serve says where its data lives, and that it made the directory.
+	abs, _ := filepath.Abs(data)
+	for _, want := range []string{`msg="created data directory" dir=` + abs, `msg="data directory" dir=` + abs} {
+		if !strings.Contains(srv.logText(), want) {
+			t.Errorf("the server log does not say %q:\n%s", want, srv.logText())
+		}
+	}
+	u.want("password\n", 0, "user bob@example.org added", "", "add", "bob@example.org", "--password-stdin")
+	u.want("password\n", 1, "", "the local domains are example.org, example.net", "add", "bob@localhost", "--password-stdin")
+	cfg := filepath.Join(dir, "relay.toml")
+	if err := os.WriteFile(cfg, []byte("domain = [\"localhost\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	u.want("password\n", 0, "user bob@localhost added", "", "add", "bob@localhost", "--password-stdin", "--config", cfg)
+}
+
+// TestFormatVersion: `relay version` names the module version and the
+// revision the go command recorded.
+func TestFormatVersion(t *testing.T) {
+	settings := []debug.BuildSetting{{Key: "vcs.revision", Value: "7f24528d277f"}, {Key: "vcs.time", Value: "2026-12-02T13:08:21Z"}, {Key: "vcs.modified", Value: "true"}}
+	for _, tc := range []struct {
+		v        string
+		settings []debug.BuildSetting
+		want     string
+	}{
+		{"v0.0.0-20261202130821-7f24528d277f", settings, "v0.0.0-20261202130821-7f24528d277f (revision 7f24528d277f of 2026-12-02T13:08:21Z, with local changes)"},
+		{"(devel)", settings[:1], "(devel) (revision 7f24528d277f)"},
+		{"", nil, "(devel)"},
+	} {
+		if got := formatVersion(tc.v, tc.settings); got != tc.want {
+			t.Errorf("formatVersion(%q) = %q, want %q", tc.v, got, tc.want)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"reflect"
@@ -264,8 +265,18 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// String implements flag.Value.
-func (d *Duration) String() string { return time.Duration(*d).String() }
+// String implements flag.Value: "4h" and "30m" rather than time's
+// "4h0m0s".
+func (d *Duration) String() string {
+	s := time.Duration(*d).String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
 
 // Set implements flag.Value.
 func (d *Duration) Set(s string) error { return d.UnmarshalText([]byte(s)) }
@@ -292,16 +303,20 @@ func (l *list) Set(s string) error {
 	return nil
 }
 
-type int64Value struct{ p *int64 }
+// sizeValue is a flag holding a size in bytes, given as a number with an
+// optional binary unit (50MiB, 512K, 1G) and shown with the largest unit that
+// divides it, so that `relay serve -h` reads "50MiB" rather than 52428800.
+type sizeValue struct{ p *int64 }
 
-func (v int64Value) String() string {
+func (v sizeValue) String() string {
 	if v.p == nil {
 		return "0"
 	}
-	return strconv.FormatInt(*v.p, 10)
+	return FormatSize(*v.p)
 }
-func (v int64Value) Set(s string) error {
-	n, err := strconv.ParseInt(s, 10, 64)
+
+func (v sizeValue) Set(s string) error {
+	n, err := ParseSize(s)
 	if err != nil {
 		return err
 	}
@@ -309,11 +324,53 @@ func (v int64Value) Set(s string) error {
 	return nil
 }
 
+var sizeUnits = []struct {
+	name  string
+	shift uint
+}{{"GiB", 30}, {"MiB", 20}, {"KiB", 10}}
+
+// FormatSize writes n bytes with the largest binary unit that divides it.
+func FormatSize(n int64) string {
+	for _, u := range sizeUnits {
+		if n != 0 && n%(1<<u.shift) == 0 {
+			return strconv.FormatInt(n>>u.shift, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// ParseSize reads a byte count: digits, then optionally K, KiB, M, MiB, G or
+// GiB (any case; all binary, as in FormatSize).
+func ParseSize(s string) (int64, error) {
+	num := strings.TrimRightFunc(s, func(r rune) bool { return r < '0' || r > '9' })
+	unit := strings.ToLower(strings.TrimSpace(s[len(num):]))
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a size (a number of bytes, or with K, M or G)", s)
+	}
+	var shift uint
+	switch strings.TrimSuffix(strings.TrimSuffix(unit, "b"), "i") {
+	case "":
+	case "k":
+		shift = 10
+	case "m":
+		shift = 20
+	case "g":
+		shift = 30
+	default:
+		return 0, fmt.Errorf("%q: unknown unit %q (use K, M or G)", s, unit)
+	}
+	if n > math.MaxInt64>>shift {
+		return 0, fmt.Errorf("%q is too large", s)
+	}
+	return n << shift, nil
+}
+
 // Bind registers the serve flags on fs, writing into c.
 func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.Data, "data", c.Data, "data directory (env RELAY_DATA)")
 	fs.StringVar(&c.Hostname, "hostname", c.Hostname, "host name in greetings and Received: headers")
-	fs.Var(&list{v: &c.Domains}, "domain", "local domain (repeatable)")
+	fs.Var(&list{v: &c.Domains}, "domain", "local `domain` (repeatable)")
 	fs.StringVar(&c.SMTP, "smtp", c.SMTP, "relay SMTP listener, no AUTH, local domains only (or off)")
 	fs.StringVar(&c.Submission, "submission", c.Submission, "submission listener, STARTTLS and AUTH (or off)")
 	fs.StringVar(&c.Submissions, "submissions", c.Submissions, "submission listener with implicit TLS (or off)")
@@ -323,26 +380,26 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "TLS certificate (PEM); default: self-signed in the data dir")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "TLS private key (PEM)")
 	fs.StringVar(&c.Relayhost, "relayhost", c.Relayhost, "smarthost HOST:PORT for remote mail")
-	fs.Var(&list{v: &c.Transport}, "transport", "DOMAIN=HOST:PORT route (repeatable)")
+	fs.Var(&list{v: &c.Transport}, "transport", "`DOMAIN=HOST:PORT` route (repeatable)")
 	fs.StringVar(&c.DNS, "dns", c.DNS, "DNS resolver HOST:PORT (default: the system's)")
-	fs.Var(int64Value{&c.MaxMessageSize}, "max-message-size", "largest message in bytes")
+	fs.Var(sizeValue{&c.MaxMessageSize}, "max-message-size", "largest message, a `size` in bytes or with K, M, G")
 	fs.IntVar(&c.MaxRecipients, "max-recipients", c.MaxRecipients, "most recipients per message")
-	fs.Var(&c.SMTPTimeout, "smtp-timeout", "how long an SMTP client may stay idle between commands")
-	fs.Var(&c.DataTimeout, "data-timeout", "how long one DATA or BDAT transfer may take in all")
+	fs.Var(&c.SMTPTimeout, "smtp-timeout", "how long an SMTP client may stay idle between commands, a `duration` such as 30s, 5m, 4h")
+	fs.Var(&c.DataTimeout, "data-timeout", "how long one DATA or BDAT transfer may take in all, a `duration` such as 30s, 5m, 4h")
 	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections, "most SMTP connections at once (0: no limit)")
 	fs.IntVar(&c.MaxConnectionsPerIP, "max-connections-per-ip", c.MaxConnectionsPerIP, "most SMTP connections from one address, IPv6 per /64 (0: no limit)")
 	fs.IntVar(&c.IPMessageRate, "ip-message-rate", c.IPMessageRate, "most messages a minute from one address (0: no limit)")
 	fs.IntVar(&c.UserMessageRate, "user-message-rate", c.UserMessageRate, "most messages a minute from one authenticated account (0: no limit)")
 	fs.IntVar(&c.MaxErrors, "max-errors", c.MaxErrors, "refused commands before a session is ended")
-	fs.Var(&c.SessionTimeout, "session-timeout", "longest SMTP session")
+	fs.Var(&c.SessionTimeout, "session-timeout", "longest SMTP session, a `duration` such as 30s, 5m, 4h")
 	fs.IntVar(&c.MaxLineLength, "max-line-length", c.MaxLineLength, "longest SMTP command or message line")
-	fs.Var(int64Value{&c.MemoryLimit}, "memory-limit", "soft limit of the Go heap in bytes (0: runtime default)")
+	fs.Var(sizeValue{&c.MemoryLimit}, "memory-limit", "soft limit of the Go heap, a `size` (0: runtime default)")
 	fs.IntVar(&c.DeliveryWorkers, "delivery-workers", c.DeliveryWorkers, "messages in delivery at once")
 	fs.IntVar(&c.DestinationConcurrency, "destination-concurrency", c.DestinationConcurrency, "most connections to one destination")
-	fs.Var(&c.RetryFirst, "retry-first", "delay before the first retry")
-	fs.Var(&c.RetryMax, "retry-max", "longest delay between retries")
-	fs.Var(&c.QueueLifetime, "queue-lifetime", "how long a message is retried before it bounces")
-	fs.Var(&c.DelayNotice, "delay-notice", "when the sender is told of a delay")
+	fs.Var(&c.RetryFirst, "retry-first", "delay before the first retry, a `duration` such as 30s, 5m, 4h")
+	fs.Var(&c.RetryMax, "retry-max", "longest delay between retries, a `duration` such as 30s, 5m, 4h")
+	fs.Var(&c.QueueLifetime, "queue-lifetime", "how long a message is retried before it bounces, a `duration` such as 30s, 5m, 4h")
+	fs.Var(&c.DelayNotice, "delay-notice", "when the sender is told of a delay, a `duration` such as 30s, 5m, 4h")
 	fs.BoolVar(&c.PProf, "pprof", c.PProf, "serve runtime profiles at /debug/pprof/ on the HTTP listener")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error")

@@ -3,8 +3,10 @@ package config
 import (
 	"errors"
 	"flag"
+	"github.com/BurntSushi/toml"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -132,5 +134,67 @@ func TestParseInterleaved(t *testing.T) {
 	}
 	if !*force || !slices.Equal(pos, []string{"del", "a@b", "--not-a-flag"}) {
 		t.Fatalf("force=%v pos=%q", *force, pos)
+	}
+}
+
+// TestSizes: sizes take binary units on flags and print with the largest
+// unit that divides them, so `relay serve -h` reads 50MiB.
+func TestSizes(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		err  bool
+	}{
+		{"52428800", 50 << 20, false},
+		{"50MiB", 50 << 20, false},
+		{"50M", 50 << 20, false},
+		{"50m", 50 << 20, false},
+		{"512K", 512 << 10, false},
+		{"512kb", 512 << 10, false},
+		{"1G", 1 << 30, false},
+		{"0", 0, false},
+		{"", 0, true},
+		{"5 parsecs", 0, true},
+		{"M", 0, true},
+		{"9999999999999G", 0, true},
+	} {
+		got, err := ParseSize(tc.in)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d, error %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+	for n, want := range map[int64]string{50 << 20: "50MiB", 256 << 20: "256MiB", 1 << 30: "1GiB", 3 << 10: "3KiB", 1536: "1536", 0: "0"} {
+		if got := FormatSize(n); got != want {
+			t.Errorf("FormatSize(%d) = %q, want %q", n, got, want)
+		}
+	}
+	for d, want := range map[time.Duration]string{4 * time.Hour: "4h", 30 * time.Minute: "30m", 90 * time.Second: "1m30s", 90 * time.Minute: "1h30m", 120 * time.Hour: "120h", 20 * time.Second: "20s"} {
+		v := Duration(d)
+		if got := v.String(); got != want {
+			t.Errorf("Duration(%v).String() = %q, want %q", d, got, want)
+		}
+	}
+}
+
+// TestGoodFileShowsEveryKey: testdata/config/good.toml is the reference of
+// every setting, so each key of Config must appear in it.
+func TestGoodFileShowsEveryKey(t *testing.T) {
+	var file map[string]any
+	if _, err := toml.DecodeFile("../../testdata/config/good.toml", &file); err != nil {
+		t.Fatal(err)
+	}
+	typ := reflect.TypeFor[Config]()
+	for i := range typ.NumField() {
+		key := typ.Field(i).Tag.Get("toml")
+		if _, ok := file[key]; !ok {
+			t.Errorf("testdata/config/good.toml does not show the setting %q", key)
+		}
+	}
+	var c Config = Default()
+	if err := c.Load("../../testdata/config/good.toml"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("good.toml does not validate: %v", err)
 	}
 }

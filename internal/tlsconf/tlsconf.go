@@ -14,8 +14,10 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,9 +83,16 @@ func (c *Certs) Config() *tls.Config {
 	}
 }
 
+// selfSigned makes the data directory's certificate when there is none, or
+// when the one there does not name hostname (the host name changed): it
+// names hostname, localhost, 127.0.0.1 and ::1, the addresses the relay's
+// defaults and documentation use, so that clients told to trust it do not
+// also warn of a name mismatch.
 func selfSigned(certFile, keyFile, hostname string) error {
-	if _, err := os.Stat(certFile); err == nil {
-		return nil
+	if pemBytes, err := os.ReadFile(certFile); err == nil {
+		if names(pemBytes, hostname) {
+			return nil
+		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
@@ -101,7 +110,8 @@ func selfSigned(certFile, keyFile, hostname string) error {
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: hostname},
-		DNSNames:     []string{hostname},
+		DNSNames:     slices.Compact([]string{hostname, "localhost"}),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().AddDate(10, 0, 0),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -119,4 +129,14 @@ func selfSigned(certFile, keyFile, hostname string) error {
 		return err
 	}
 	return os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+}
+
+// names reports whether the PEM certificate is valid for hostname.
+func names(pemBytes []byte, hostname string) bool {
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		return false
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	return err == nil && cert.VerifyHostname(hostname) == nil
 }

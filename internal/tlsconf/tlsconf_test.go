@@ -2,6 +2,7 @@ package tlsconf_test
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"os"
 	"testing"
@@ -105,5 +106,47 @@ func TestOldVersionsRefused(t *testing.T) {
 			c.Close()
 			t.Errorf("version %x: handshake succeeded", v)
 		}
+	}
+}
+
+// TestSelfSignedNames: the self-signed certificate verifies for the host
+// name, localhost, 127.0.0.1 and ::1, so that a client that trusts it does
+// not warn of a mismatch on the documented addresses; a changed host name
+// gets a new certificate.
+func TestSelfSignedNames(t *testing.T) {
+	dir := t.TempDir()
+	certs, err := tlsconf.Load("", "", dir, "mx.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serve(t, certs.Config())
+	cert, err := tls.LoadX509KeyPair(dir+"/tls/cert.pem", dir+"/tls/key.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool.AddCert(leaf)
+	for _, name := range []string{"mx.test", "localhost", "127.0.0.1", "::1"} {
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: name})
+		if err != nil {
+			t.Errorf("TLS to the self-signed certificate as %q: %v", name, err)
+			continue
+		}
+		c.Close()
+	}
+	if _, err := tlsconf.Load("", "", dir, "mail.example.org"); err != nil {
+		t.Fatal(err)
+	}
+	again, err := tls.LoadX509KeyPair(dir+"/tls/cert.pem", dir+"/tls/key.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ = x509.ParseCertificate(again.Certificate[0])
+	if err := leaf.VerifyHostname("mail.example.org"); err != nil {
+		t.Errorf("after a host name change the certificate still does not name it: %v", err)
 	}
 }
