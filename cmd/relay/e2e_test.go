@@ -50,7 +50,9 @@ func TestMain(m *testing.M) {
 
 // relayBinary builds the relay binary on first use (go build from this
 // directory) and returns its path. RELAY_E2E_BIN names a prebuilt binary to
-// test instead.
+// test instead. With RELAY_COVERDIR set (make cover), the binary is built
+// for coverage and every run writes its counts there (testEnv sets
+// GOCOVERDIR), so that what the end-to-end tests run counts too.
 func relayBinary(t *testing.T) string {
 	t.Helper()
 	binOnce.Do(func() {
@@ -63,7 +65,11 @@ func relayBinary(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(binDir, "relay")
-		out, err := exec.Command("go", "build", "-o", binPath, "./").CombinedOutput()
+		args := []string{"build", "-o", binPath}
+		if os.Getenv("RELAY_COVERDIR") != "" {
+			args = append(args, "-cover", "-coverpkg=github.com/relaymail/relay/...")
+		}
+		out, err := exec.Command("go", append(args, "./")...).CombinedOutput()
 		if err != nil {
 			binErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -96,6 +102,9 @@ func workDir(t *testing.T) string {
 // RELAY_DATA, so that a developer's setting cannot leak in.
 func testEnv(extra ...string) []string {
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "RELAY_DATA=") })
+	if dir := os.Getenv("RELAY_COVERDIR"); dir != "" {
+		env = append(env, "GOCOVERDIR="+dir)
+	}
 	return append(env, extra...)
 }
 
