@@ -69,6 +69,9 @@ func withDB(dir string, create bool, remote func(*admin.Client) error, local fun
 	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err != nil && !create {
 		return fmt.Errorf("no relay data in %s: start relay serve there first, or point --data (or RELAY_DATA) at the data directory", dir)
 	}
+	if err := relay.CheckSpace(dir); err != nil {
+		return err
+	}
 	db, err := store.Open(dir, store.Options{})
 	if errors.Is(err, store.ErrLocked) {
 		return fmt.Errorf("the database in %s is in use but no server answers on %s", dir, admin.Socket(dir))

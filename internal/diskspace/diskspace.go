@@ -19,7 +19,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 )
@@ -48,9 +50,16 @@ func Bytes(n uint64) string {
 }
 
 // Need checks that the filesystem of dir has at least need bytes free, and
-// otherwise returns a *LowError. A failed statfs is returned as it is.
+// otherwise returns a *LowError. A dir that does not exist yet is judged by
+// its nearest existing parent, where it will be made. A failed statfs is
+// returned as it is.
 func Need(dir string, need uint64) error {
-	free, err := Free(dir)
+	at := dir
+	free, err := Free(at)
+	for errors.Is(err, fs.ErrNotExist) && filepath.Dir(at) != at {
+		at = filepath.Dir(at)
+		free, err = Free(at)
+	}
 	if err != nil {
 		return err
 	}

@@ -291,6 +291,13 @@ func TestFreeAndNeed(t *testing.T) {
 	if _, err := Free(dir + "/missing"); err == nil {
 		t.Error("Free of a missing directory: no error")
 	}
+	// A directory still to be made is judged by its parent's filesystem.
+	if err := Need(dir+"/not/yet", 1); err != nil {
+		t.Errorf("Need of a directory still to be made: %v", err)
+	}
+	if err := Need(dir+"/not/yet", math.MaxUint64); !errors.Is(err, ErrLow) {
+		t.Errorf("Need(max) of a directory still to be made: %v, want ErrLow", err)
+	}
 }
 
 func TestBytes(t *testing.T) {
