@@ -28,9 +28,10 @@ import (
 	"github.com/relaymail/relay/internal/diskspace"
 )
 
-// smallDisk mounts a tmpfs of sizeMiB and unmounts it when the test ends.
-// It needs root: without it the test is skipped, unless RELAY_INTEROP=1
-// (CI, which runs as root) makes that a failure.
+// smallDisk mounts a tmpfs of sizeMiB and unmounts it when the test ends,
+// keeping a copy of what it holds (but the filler) if the test failed. It
+// needs root: without it the test is skipped, unless RELAY_INTEROP=1 (CI,
+// which runs as root) makes that a failure.
 func smallDisk(t *testing.T, sizeMiB int) string {
 	t.Helper()
 	cannot := t.Skipf
@@ -49,6 +50,9 @@ func smallDisk(t *testing.T, sizeMiB int) string {
 		cannot("mount -t tmpfs: %v: %s", err, strings.TrimSpace(string(out)))
 	}
 	t.Cleanup(func() {
+		if t.Failed() {
+			keepCopy(t, dir)
+		}
 		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
 			t.Errorf("umount %s: %v: %s", dir, err, out)
 			return
@@ -56,6 +60,43 @@ func smallDisk(t *testing.T, sizeMiB int) string {
 		os.Remove(dir)
 	})
 	return dir
+}
+
+// keepCopy copies the tree at dir, less the filler, to a directory that
+// stays, and logs where.
+func keepCopy(t *testing.T, dir string) {
+	keep, err := os.MkdirTemp("", "relay-diskfull-kept-")
+	if err != nil {
+		t.Logf("keep a copy of %s: %v", dir, err)
+		return
+	}
+	err = filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || path == dir || d.Name() == "filler" {
+			return err
+		}
+		to := filepath.Join(keep, strings.TrimPrefix(path, dir))
+		if d.IsDir() {
+			return os.Mkdir(to, 0o755)
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		in, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		out, err := os.Create(to)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(out, in)
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	})
+	t.Logf("kept a copy of %s in %s for inspection (%v)", dir, keep, err)
 }
 
 // fillDisk writes the file path until the filesystem is full.

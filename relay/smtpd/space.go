@@ -1,13 +1,12 @@
 package smtpd
 
-import (
-	"github.com/emersion/go-smtp"
-)
+import "github.com/emersion/go-smtp"
 
-// errNoStorage refuses mail while the disk is below min-free-space: RFC 1870
-// §6.1 gives 452 for a temporary lack of storage at MAIL, and RFC 3463
-// §3.4 X.3.1 is "mail system full". The client keeps the message and tries
-// later; nothing was acknowledged, so nothing is lost.
+// errNoStorage refuses mail while the disk is below min-free-space. RFC 5321
+// §4.2.2 names 452 "insufficient system storage", and §4.3.2 allows it in
+// reply to MAIL and at the end of the data; RFC 3463 §3.4 gives X.3.1, "mail
+// system full". The client keeps the message and tries later: nothing was
+// acknowledged, so nothing is lost.
 var errNoStorage = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "insufficient system storage"}
 
 // noSpace logs a MAIL refused for want of disk space and returns its reply.
