@@ -166,9 +166,10 @@ func Changed(a, b Config, except ...string) []string {
 }
 
 // MinFree is the min-free-space that applies: the setting, or when it is 0,
-// room for two messages of the largest size (one being received while
-// another is delivered into a mailbox) plus 64 MiB for the database's own
-// growth in between. The store's reserve still applies beneath it.
+// room for two messages of the largest size (a message accepted just above
+// the floor takes its size in the queue and again in a mailbox when it is
+// delivered) plus 64 MiB for the database's own growth. The store's reserve
+// still applies beneath it.
 func (c *Config) MinFree() int64 {
 	if c.MinFreeSpace > 0 {
 		return c.MinFreeSpace

@@ -7,7 +7,9 @@
 // before the commit leaves the message pending and one after leaves it
 // delivered, never both. Temporary failures are retried with exponential
 // backoff (computed in float seconds, with a little jitter) up to RetryMax
-// apart.
+// apart. While the disk is below the store's reserve (Config.LocalPaused),
+// local delivery, which copies each body into a mailbox, waits without
+// writing or counting anything, and goes on by itself when space is back.
 package deliver
 
 import (
