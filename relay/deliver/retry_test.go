@@ -98,12 +98,10 @@ func ok(remoteDSN bool) deliver.Outcome {
 	return deliver.Outcome{RemoteMTA: mta, RemoteDSN: remoteDSN}
 }
 
-func tempFail(reply string) deliver.Outcome {
-	return deliver.Outcome{Err: errors.New(reply), RemoteMTA: mta}
-}
-
-func permFail(reply string) deliver.Outcome {
-	return deliver.Outcome{Err: errors.New(reply), Permanent: true, RemoteMTA: mta}
+// fail is a failed attempt with the reply code, enhanced, text from mta:
+// permanent for a 5yz code.
+func fail(code int, enhanced, text string) deliver.Outcome {
+	return deliver.Outcome{Reply: spool.NewReply(code, enhanced, text), RemoteMTA: mta}
 }
 
 // by answers per recipient address; others get def.
@@ -351,7 +349,7 @@ func TestRetrySchedule(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	addUsers(t, e.boxes, alice)
-	fr := newRemote(e, func(spool.Recipient, int) deliver.Outcome { return tempFail("451 4.2.0 mailbox busy") })
+	fr := newRemote(e, func(spool.Recipient, int) deliver.Outcome { return fail(451, "4.2.0", "mailbox busy") })
 	l := e.start(t, defaultRetry, fr)
 	arrived := e.clock.Now()
 	id := send(t, e.sp, alice, spool.MailParams{}, plan, to(bob))
@@ -368,7 +366,7 @@ func TestRetrySchedule(t *testing.T) {
 		if left {
 			break
 		}
-		if r.Attempts != n || r.State != spool.Pending || r.LastError != "451 4.2.0 mailbox busy" || r.RemoteMTA != mta {
+		if r.Attempts != n || r.State != spool.Pending || r.Reply != spool.NewReply(451, "4.2.0", "mailbox busy") || r.RemoteMTA != mta {
 			t.Fatalf("after attempt %d: %+v", n, r)
 		}
 		base := min(5*time.Minute<<min(n-1, 10), time.Hour)
@@ -445,7 +443,7 @@ func TestRetrySchedule(t *testing.T) {
 func TestNoticeMessageIDsUnique(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	fr := newRemote(e, acceptNotices(by(tempFail("451 4.2.0 busy"), nil)))
+	fr := newRemote(e, acceptNotices(by(fail(451, "4.2.0", "busy"), nil)))
 	l := e.start(t, shortRetry, fr)
 	id := send(t, e.sp, far, spool.MailParams{}, plan, to(bob))
 	drive(t, e, l, id, bob)
@@ -479,9 +477,9 @@ func TestPermanentFailureBouncesAtOnce(t *testing.T) {
 	fr := newRemote(e, func(rc spool.Recipient, n int) deliver.Outcome {
 		switch {
 		case rc.Address == bob:
-			return permFail("550 5.1.1 no such user")
+			return fail(550, "5.1.1", "no such user")
 		case rc.Address == carol && n == 1:
-			return tempFail("451 4.3.0 later")
+			return fail(451, "4.3.0", "later")
 		}
 		return ok(false)
 	})
@@ -540,20 +538,20 @@ func TestNotify(t *testing.T) {
 		answer  func(spool.Recipient, int) deliver.Outcome
 		actions []string // notices the sender gets, by action
 	}{
-		{"NEVER, 5xx", to(bob, "NEVER"), by(permFail("550 5.1.1 no"), nil), nil},
-		{"NEVER, expired", to(bob, "NEVER"), by(tempFail("451 4.2.0 busy"), nil), nil},
-		{"default, expired", to(bob), by(tempFail("451 4.2.0 busy"), nil), []string{"delayed", "failed"}},
-		{"FAILURE, expired", to(bob, "FAILURE"), by(tempFail("451 4.2.0 busy"), nil), []string{"failed"}},
-		{"DELAY, expired", to(bob, "DELAY"), by(tempFail("451 4.2.0 busy"), nil), []string{"delayed"}},
-		{"DELAY,FAILURE, 5xx", to(bob, "DELAY", "FAILURE"), by(permFail("550 5.1.1 no"), nil), []string{"failed"}},
+		{"NEVER, 5xx", to(bob, "NEVER"), by(fail(550, "5.1.1", "no"), nil), nil},
+		{"NEVER, expired", to(bob, "NEVER"), by(fail(451, "4.2.0", "busy"), nil), nil},
+		{"default, expired", to(bob), by(fail(451, "4.2.0", "busy"), nil), []string{"delayed", "failed"}},
+		{"FAILURE, expired", to(bob, "FAILURE"), by(fail(451, "4.2.0", "busy"), nil), []string{"failed"}},
+		{"DELAY, expired", to(bob, "DELAY"), by(fail(451, "4.2.0", "busy"), nil), []string{"delayed"}},
+		{"DELAY,FAILURE, 5xx", to(bob, "DELAY", "FAILURE"), by(fail(550, "5.1.1", "no"), nil), []string{"failed"}},
 		{"default, success", to(bob), by(ok(false), nil), nil},
 		{"SUCCESS, remote without DSN", to(bob, "SUCCESS"), by(ok(false), nil), []string{"relayed"}},
 		{"SUCCESS, remote with DSN", to(bob, "SUCCESS"), by(ok(true), nil), nil},
-		{"SUCCESS, 5xx", to(bob, "SUCCESS"), by(permFail("550 5.1.1 no"), nil), nil},
+		{"SUCCESS, 5xx", to(bob, "SUCCESS"), by(fail(550, "5.1.1", "no"), nil), nil},
 		{"SUCCESS, local", to("ann@example.test", "SUCCESS"), by(ok(false), nil), []string{"delivered"}},
 		{"SUCCESS,DELAY, late success", to(bob, "SUCCESS", "DELAY"), func(_ spool.Recipient, n int) deliver.Outcome {
 			if n < 5 {
-				return tempFail("451 4.2.0 busy")
+				return fail(451, "4.2.0", "busy")
 			}
 			return ok(false)
 		}, []string{"delayed", "relayed"}},
@@ -589,7 +587,7 @@ func TestNotify(t *testing.T) {
 func TestNullSenderGetsNoNotice(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	fr := newRemote(e, by(permFail("550 5.1.1 no such user"), map[string]deliver.Outcome{carol: tempFail("451 4.2.0 busy")}))
+	fr := newRemote(e, by(fail(550, "5.1.1", "no such user"), map[string]deliver.Outcome{carol: fail(451, "4.2.0", "busy")}))
 	l := e.start(t, shortRetry, fr)
 	id := send(t, e.sp, "", spool.MailParams{}, plan, to(bob), to(carol, "SUCCESS", "FAILURE", "DELAY"))
 	drive(t, e, l, id, carol)
@@ -617,7 +615,7 @@ func TestReturnedContent(t *testing.T) {
 		t.Run("RET="+tc.ret, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
-			fr := newRemote(e, acceptNotices(by(tempFail("451 4.2.0 busy"), map[string]deliver.Outcome{carol: permFail("554 5.6.0 no")})))
+			fr := newRemote(e, acceptNotices(by(fail(451, "4.2.0", "busy"), map[string]deliver.Outcome{carol: fail(554, "5.6.0", "no")})))
 			l := e.start(t, shortRetry, fr)
 			id := send(t, e.sp, far, spool.MailParams{Ret: tc.ret}, plan, to(bob), to(carol))
 			drive(t, e, l, id, bob)
@@ -646,7 +644,7 @@ func TestReturnedContent(t *testing.T) {
 func TestEnvelopeIDAndOriginalRecipient(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	fr := newRemote(e, acceptNotices(by(permFail("550 5.1.1 no such user"), nil)))
+	fr := newRemote(e, acceptNotices(by(fail(550, "5.1.1", "no such user"), nil)))
 	e.start(t, shortRetry, fr)
 	r1 := to(bob)
 	r1.ORcpt = "rfc822;Bob.Original@Remote.test"
@@ -671,7 +669,7 @@ func TestRemoteSenderNoticeQueued(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	const sender = "zed@far.test"
-	fr := newRemote(e, by(permFail("550 5.1.1 no such user"), map[string]deliver.Outcome{sender: permFail("550 5.1.1 gone too")}))
+	fr := newRemote(e, by(fail(550, "5.1.1", "no such user"), map[string]deliver.Outcome{sender: fail(550, "5.1.1", "gone too")}))
 	e.start(t, shortRetry, fr)
 	id := send(t, e.sp, sender, spool.MailParams{}, plan, to(bob))
 	settle(t, e)
@@ -695,7 +693,7 @@ func TestRemoteSenderNoticeQueued(t *testing.T) {
 func TestRetryResumesAfterRestart(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	fr := newRemote(e, by(tempFail("421 4.4.2 closing"), nil))
+	fr := newRemote(e, by(fail(421, "4.4.2", "closing"), nil))
 	cfg := defaultRetry
 	cfg.Domains, cfg.Hostname = []string{"example.test"}, "relay.example.test"
 	stop := run(t, deliver.New(cfg, e.sp, e.boxes, fr, nil))
@@ -726,7 +724,7 @@ func TestFlushMakesDueNow(t *testing.T) {
 	e := newEnv(t)
 	fr := newRemote(e, func(_ spool.Recipient, n int) deliver.Outcome {
 		if n == 1 {
-			return tempFail("451 4.2.0 busy")
+			return fail(451, "4.2.0", "busy")
 		}
 		return ok(false)
 	})
