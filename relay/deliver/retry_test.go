@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -756,4 +757,147 @@ func TestExpiryWithoutRemote(t *testing.T) {
 		t.Fatalf("notices %d, want one failure", len(ns))
 	}
 	want(t, "failure", ns[0].perRcpt[0], map[string]string{"Status": "5.4.7", "Remote-MTA": ""})
+}
+
+// TestLocalFailureExpires: a local recipient whose delivery always fails
+// (the store errs before the commit) follows the same schedule as a remote
+// one: one delay notice after DelayNotice, a bounce with 5.4.7 after
+// Lifetime, a bounded number of attempts in between. The notices carry the
+// fixed reply for local trouble; the store's error goes to the log only.
+func TestLocalFailureExpires(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const dan = "dan@example.test"
+	addUsers(t, e.boxes, dan)
+	fr := newRemote(e, acceptNotices(by(ok(false), nil)))
+	cfg := shortRetry
+	cfg.Domains, cfg.Hostname = []string{"example.test"}, "relay.example.test"
+	var logged bytes.Buffer
+	var logMu sync.Mutex
+	l := deliver.New(cfg, e.sp, e.boxes, fr, slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logged}, nil)))
+	errInjected := errors.New("injected: value log write failed at /var/relay/000042.vlog")
+	l.SetBeforeCommit(func(string) error { return errInjected })
+	run(t, l)
+	arrived := e.clock.Now()
+	id := send(t, e.sp, far, spool.MailParams{}, plan, to(dan))
+
+	var last time.Time
+	attempts := 0
+	for n := 1; ; n++ {
+		if n > 20 {
+			t.Fatalf("%s still pending after %d attempts over %v; want a bounce after %v",
+				dan, n-1, e.clock.Now().Sub(arrived), cfg.Lifetime)
+		}
+		r, left := attempted(t, e.sp, id, dan, n)
+		last, attempts = e.clock.Now(), n
+		if left || r.State != spool.Pending {
+			break
+		}
+		if r.Reply != spool.LocalTrouble {
+			t.Fatalf("after attempt %d: reply %q, want %q", n, r.Reply, spool.LocalTrouble)
+		}
+		if due := last.Sub(arrived) >= cfg.DelayNotice; r.DelayNotified != due {
+			t.Errorf("after attempt %d at +%v: DelayNotified %v, want %v", n, last.Sub(arrived), r.DelayNotified, due)
+		}
+		e.clock.Advance(r.NextAttempt.Sub(last))
+		l.Kick()
+	}
+	if last.Sub(arrived) < cfg.Lifetime {
+		t.Errorf("bounced at +%v, before the lifetime of %v", last.Sub(arrived), cfg.Lifetime)
+	}
+	// 10, 20, then every 20 minutes ±10% until 2 h: 7 or 8 attempts.
+	if attempts < 6 || attempts > 9 {
+		t.Errorf("%d attempts in %v, want 7 or 8", attempts, cfg.Lifetime)
+	}
+	settle(t, e)
+	if n := len(inbox(t, e.boxes, dan)); n != 0 {
+		t.Errorf("%s has %d messages, want none", dan, n)
+	}
+
+	ns := sentNotices(t, fr)
+	var actions []string
+	for _, n := range ns {
+		actions = append(actions, n.action())
+	}
+	if !slices.Equal(actions, []string{"delayed", "failed"}) {
+		t.Fatalf("notices %v, want one delay notice, then one failure notice", actions)
+	}
+	want(t, "delay notice", ns[0].perRcpt[0], map[string]string{
+		"Final-Recipient": "rfc822; " + dan,
+		"Status":          "4.3.0",
+		"Diagnostic-Code": "smtp; 451 4.3.0 temporary local problem",
+		"Remote-MTA":      "",
+	})
+	want(t, "failure notice", ns[1].perRcpt[0], map[string]string{
+		"Final-Recipient":   "rfc822; " + dan,
+		"Status":            "5.4.7",
+		"Diagnostic-Code":   "smtp; 451 4.3.0 temporary local problem",
+		"Last-Attempt-Date": rfc1123(last),
+	})
+	for _, n := range ns {
+		if strings.Contains(n.raw, "injected") || strings.Contains(n.raw, "vlog") {
+			t.Errorf("%s notice carries the store's error:\n%s", n.action(), n.raw)
+		}
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if !strings.Contains(logged.String(), errInjected.Error()) {
+		t.Errorf("the store's error is not in the log:\n%s", logged.String())
+	}
+}
+
+// lockedWriter serializes writes to w: the loop logs from its workers.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (lw lockedWriter) Write(p []byte) (int, error) {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return lw.w.Write(p)
+}
+
+// TestRemoteReplyInNotice: the notices about a remote recipient carry the
+// remote server's reply as it came, code, enhanced code and text: the
+// Status is its enhanced code (the class alone when it gave none) and the
+// Diagnostic-Code the reply (RFC 3464 §2.3.4, §2.3.6).
+func TestRemoteReplyInNotice(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name         string
+		reply        spool.Reply
+		action       string
+		status, diag string
+	}{
+		{"permanent", spool.NewReply(550, "5.7.26", "Unauthenticated mail from a.test is not accepted; see https://b.test/spf"),
+			"failed", "5.7.26", "smtp; 550 5.7.26 Unauthenticated mail from a.test is not accepted; see https://b.test/spf"},
+		{"permanent, no enhanced code", spool.NewReply(554, "", "no thanks"), "failed", "5.0.0", "smtp; 554 no thanks"},
+		{"temporary", spool.NewReply(452, "4.2.2", "Mailbox full"), "delayed", "4.2.2", "smtp; 452 4.2.2 Mailbox full"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			fr := newRemote(e, acceptNotices(by(deliver.Outcome{Reply: tc.reply, RemoteMTA: mta}, nil)))
+			cfg := shortRetry
+			cfg.DelayNotice = time.Nanosecond // a notice at the first retry
+			l := e.start(t, cfg, fr)
+			id := send(t, e.sp, far, spool.MailParams{}, plan, to(bob))
+			if r, _ := attempted(t, e.sp, id, bob, 1); tc.action == "delayed" {
+				if r.Reply != tc.reply {
+					t.Errorf("recipient's reply %#v, want %#v", r.Reply, tc.reply)
+				}
+				e.clock.Advance(r.NextAttempt.Sub(e.clock.Now()))
+				l.Kick()
+			}
+			poll(t, "the notice", func() (bool, string) {
+				n := len(sentNotices(t, fr))
+				return n == 1, fmt.Sprintf("%d notices", n)
+			})
+			n := sentNotices(t, fr)[0]
+			want(t, n.action()+" notice", n.perRcpt[0], map[string]string{
+				"Action": tc.action, "Status": tc.status, "Diagnostic-Code": tc.diag, "Remote-MTA": "dns; " + mta,
+			})
+		})
+	}
 }
