@@ -2,9 +2,13 @@ package spool
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/relaymail/relay/internal/record"
 )
 
 func sampleEnvelopes() []*Message {
@@ -17,8 +21,8 @@ func sampleEnvelopes() []*Message {
 			Rcpts: []Recipient{
 				{Address: "ü@b.test", Notify: []string{"SUCCESS", "DELAY"}, ORcpt: "rfc822;u@b.test", State: Delivered, Attempts: 1},
 				{Address: "c@remote.test", State: Pending, Attempts: 3, NextAttempt: at.Add(time.Hour),
-					LastError: "451 4.4.1 try later", RemoteMTA: "mx.remote.test", DelayNotified: true},
-				{Address: "d@remote.test", Notify: []string{"NEVER", "X-OTHER"}, State: Failed, Attempts: 7, LastError: "550 5.1.1 no"},
+					Reply: NewReply(451, "4.4.1", "try later"), RemoteMTA: "mx.remote.test", DelayNotified: true},
+				{Address: "d@remote.test", Notify: []string{"NEVER", "X-OTHER"}, State: Failed, Attempts: 7, Reply: NewReply(550, "5.1.1", "no")},
 			},
 			Size: 50 << 20, Hold: true, Due: at.Add(time.Hour),
 		},
@@ -62,7 +66,7 @@ func TestEnvelopeRecordMalformed(t *testing.T) {
 	good := appendEnvelope(nil, sampleEnvelopes()[1])
 	for name, v := range map[string][]byte{
 		"empty":           nil,
-		"unknown format":  {0x02, 0},
+		"unknown format":  {0x03, 0},
 		"format only":     {envFormat},
 		"truncated":       good[:len(good)-1],
 		"trailing bytes":  append(append([]byte(nil), good...), 0),
@@ -102,8 +106,14 @@ func FuzzEnvelopeRecord(f *testing.F) {
 		f.Add(appendEnvelope(nil, m))
 		b, _ := json.Marshal(m)
 		f.Add(b)
+		lastErrors := make([]string, len(m.Rcpts))
+		for i, r := range m.Rcpts {
+			lastErrors[i] = r.Reply.String()
+		}
+		f.Add(appendEnvelopeV1(m, lastErrors))
 	}
 	f.Add([]byte{envFormat})
+	f.Add([]byte{envFormatV1})
 	f.Fuzz(func(t *testing.T, v []byte) {
 		var m Message
 		if parseEnvelope(v, &m) != nil || (len(v) > 0 && v[0] == '{') {
@@ -142,4 +152,160 @@ func BenchmarkEnvelopeRecord(b *testing.B) {
 		}
 		b.ReportMetric(float64(len(js)), "bytes/record")
 	})
+}
+
+// appendEnvelopeV1 writes m in format 0x01, with lastError for each
+// recipient's reply, as the relay wrote envelopes before replies were
+// typed.
+func appendEnvelopeV1(m *Message, lastError []string) []byte {
+	b := []byte{envFormatV1}
+	b = record.AppendString(b, m.ID)
+	b = record.AppendTime(b, m.Arrived)
+	b = record.AppendString(b, m.ClientIP)
+	b = record.AppendString(b, m.Helo)
+	b = record.AppendString(b, m.From)
+	p := m.Params
+	b = record.AppendVarint(b, p.Size)
+	b = record.AppendString(b, p.Body)
+	b = record.AppendBool(b, p.SMTPUTF8)
+	b = record.AppendString(b, p.Ret)
+	b = record.AppendString(b, p.EnvID)
+	b = record.AppendString(b, p.Auth)
+	b = record.AppendVarint(b, m.Size)
+	b = record.AppendBool(b, m.Hold)
+	b = record.AppendTime(b, m.Due)
+	b = record.AppendUvarint(b, uint64(len(m.Rcpts)))
+	for i, r := range m.Rcpts {
+		b = record.AppendString(b, r.Address)
+		b = record.AppendUvarint(b, uint64(len(r.Notify)))
+		for _, n := range r.Notify {
+			b = record.AppendString(b, n)
+		}
+		b = record.AppendString(b, r.ORcpt)
+		b = record.AppendString(b, string(r.State))
+		b = record.AppendVarint(b, int64(r.Attempts))
+		b = record.AppendTime(b, r.NextAttempt)
+		b = record.AppendString(b, lastError[i])
+		b = record.AppendString(b, r.RemoteMTA)
+		b = record.AppendBool(b, r.DelayNotified)
+	}
+	return b
+}
+
+// The last errors older relays wrote, and the replies they read as.
+var legacyReplies = []struct {
+	lastError string
+	want      Reply
+}{
+	{"", Reply{}},
+	{"451 4.4.1 try later", Reply{Code: 451, Enhanced: "4.4.1", Text: "try later"}},
+	{"550 5.1.1 no such user", Reply{Code: 550, Enhanced: "5.1.1", Text: "no such user", Permanent: true}},
+	{"421 closing connection", Reply{Code: 421, Text: "closing connection"}},
+	{"554", Reply{Code: 554, Permanent: true}},
+	{"556 5.1.10 b.test does not accept mail (null MX)", Reply{Code: 556, Enhanced: "5.1.10", Text: "b.test does not accept mail (null MX)", Permanent: true}},
+	// An expiry had no basic code; its class gives one.
+	{"4.4.7 message expired after 2h0m0s; last error: 451 4.2.0 busy",
+		Reply{Code: 451, Enhanced: "4.4.7", Text: "message expired after 2h0m0s; last error: 451 4.2.0 busy"}},
+	{"5.0.0 gone", Reply{Code: 550, Enhanced: "5.0.0", Text: "gone", Permanent: true}},
+	// A local failure carried Go error text, which is not kept.
+	{"451 4.3.0 local delivery failed: write /var/relay/000042.vlog: no space left on device", LocalTrouble},
+	{"operator note", Reply{Code: 451, Text: "operator note"}},
+	{"4511 4.2.0 not a code", Reply{Code: 451, Text: "4511 4.2.0 not a code"}},
+	{"451 4.x.0 odd", Reply{Code: 451, Text: "4.x.0 odd"}},
+}
+
+// Envelopes in format 0x01 still read, their last error converted once
+// into a typed reply, and the fields after it still in place.
+func TestEnvelopeRecordV1(t *testing.T) {
+	at := time.Date(2026, 12, 1, 20, 30, 0, 0, time.UTC)
+	m := &Message{ID: "01JV1", Arrived: at, From: "s@example.org", Size: 10}
+	var lastErrors []string
+	for i, tc := range legacyReplies {
+		m.Rcpts = append(m.Rcpts, Recipient{Address: fmt.Sprintf("r%d@b.test", i), State: Pending, Attempts: i,
+			NextAttempt: at, RemoteMTA: "mx.b.test", DelayNotified: i%2 == 1})
+		lastErrors = append(lastErrors, tc.lastError)
+	}
+	var got Message
+	if err := parseEnvelope(appendEnvelopeV1(m, lastErrors), &got); err != nil {
+		t.Fatalf("parse a 0x01 envelope: %v", err)
+	}
+	for i, tc := range legacyReplies {
+		m.Rcpts[i].Reply = tc.want
+	}
+	if !reflect.DeepEqual(&got, m) {
+		t.Errorf("0x01 envelope:\n got %+v\nwant %+v", &got, m)
+	}
+	// Written again, it is a current record with the same content.
+	var again Message
+	if b := appendEnvelope(nil, &got); b[0] != envFormat || parseEnvelope(b, &again) != nil || !reflect.DeepEqual(&again, m) {
+		t.Errorf("0x01 envelope written again: %+v", &again)
+	}
+}
+
+// JSON envelopes from before the binary form carry "last_error".
+func TestEnvelopeRecordLegacyJSON(t *testing.T) {
+	for _, tc := range legacyReplies {
+		js := fmt.Sprintf(`{"id":"01JSON","arrived":"2026-03-01T12:00:00Z","from":"s@example.org","params":{},`+
+			`"recipients":[{"address":"a@b.test","state":"pending","attempts":2,"next_attempt":"2026-03-01T12:05:00Z",`+
+			`"last_error":%q,"remote_mta":"mx.b.test"}],"size":5}`, tc.lastError)
+		var m Message
+		if err := parseEnvelope([]byte(js), &m); err != nil {
+			t.Fatalf("parse %s: %v", js, err)
+		}
+		if len(m.Rcpts) != 1 || m.Rcpts[0].Reply != tc.want || m.Rcpts[0].Attempts != 2 || m.Rcpts[0].RemoteMTA != "mx.b.test" || m.Size != 5 {
+			t.Errorf("JSON envelope with last error %q: %+v, want reply %+v", tc.lastError, m, tc.want)
+		}
+	}
+}
+
+// In JSON (`relay queue list --json`, the admin API) a recipient keeps
+// "last_error", the rendered reply that scripts read, beside the typed
+// "reply", which is what a reader gets back.
+func TestRecipientJSON(t *testing.T) {
+	r := Recipient{Address: "a@b.test", State: Pending, Reply: NewReply(451, "4.2.0", "mailbox busy\nline two")}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fields map[string]any
+	if err := json.Unmarshal(b, &fields); err != nil {
+		t.Fatal(err)
+	}
+	if fields["last_error"] != "451 4.2.0 mailbox busy line two" {
+		t.Errorf("last_error %q in %s, want the reply on one line", fields["last_error"], b)
+	}
+	if reply, _ := fields["reply"].(map[string]any); reply["code"] != 451.0 || reply["enhanced"] != "4.2.0" || reply["text"] != "mailbox busy\nline two" {
+		t.Errorf("reply %v in %s", fields["reply"], b)
+	}
+	var back Recipient
+	if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, r) {
+		t.Errorf("read back %+v (%v), want %+v", back, err, r)
+	}
+	b, _ = json.Marshal(Recipient{Address: "a@b.test"})
+	if !strings.Contains(string(b), `"last_error":""`) || strings.Contains(string(b), `"reply"`) {
+		t.Errorf("recipient without a reply: %s, want an empty last_error and no reply", b)
+	}
+}
+
+func TestReplyString(t *testing.T) {
+	for _, tc := range []struct {
+		r            Reply
+		want, status string
+	}{
+		{Reply{}, "", "4.0.0"},
+		{NewReply(550, "5.1.1", "no such user"), "550 5.1.1 no such user", "5.1.1"},
+		{NewReply(421, "", "closing"), "421 closing", "4.0.0"},
+		{NewReply(554, "", ""), "554", "5.0.0"},
+		{TempReply("4.4.1", "a\r\nb\x00c"), "451 4.4.1 a  b c", "4.4.1"},
+	} {
+		if got := tc.r.String(); got != tc.want {
+			t.Errorf("%#v.String() = %q, want %q", tc.r, got, tc.want)
+		}
+		if got := tc.r.Status(); got != tc.status {
+			t.Errorf("%#v.Status() = %q, want %q", tc.r, got, tc.status)
+		}
+	}
+	if !NewReply(550, "5.1.1", "x").Permanent || NewReply(451, "4.2.0", "x").Permanent || TempReply("4.3.0", "x").Code != 451 {
+		t.Error("NewReply and TempReply: permanence follows the code's class")
+	}
 }

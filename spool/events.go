@@ -192,7 +192,7 @@ func (s *Spool) stateEvents(tx *Tx, before snapshot, m *Message) error {
 			continue
 		}
 		ev := Event{Time: now, ID: m.ID, Rcpt: r.Address, Attempt: r.Attempts, Relay: r.RemoteMTA,
-			Delay: now.Sub(m.Arrived).Round(time.Millisecond).Seconds(), Status: r.LastError}
+			Delay: now.Sub(m.Arrived).Round(time.Millisecond).Seconds(), Status: r.Reply.String()}
 		switch {
 		case r.State == Delivered:
 			ev.Event = EventDelivered

@@ -61,9 +61,9 @@ func TestEventsFromStateChanges(t *testing.T) {
 	next := t0.Add(time.Hour)
 	e.update(t, m.ID, func(m *spool.Message) {
 		m.Rcpts[0].Attempts++
-		m.Rcpts[0].LastError, m.Rcpts[0].NextAttempt, m.Rcpts[0].RemoteMTA = "451 4.4.1 try later", next, "mx.example.net"
+		m.Rcpts[0].Reply, m.Rcpts[0].NextAttempt, m.Rcpts[0].RemoteMTA = spool.NewReply(451, "4.4.1", "try later"), next, "mx.example.net"
 		m.Rcpts[1].Attempts++
-		m.Rcpts[1].State, m.Rcpts[1].LastError, m.Rcpts[1].RemoteMTA = spool.Failed, "550 5.1.1 no such user", "mx.example.net"
+		m.Rcpts[1].State, m.Rcpts[1].Reply, m.Rcpts[1].RemoteMTA = spool.Failed, spool.NewReply(550, "5.1.1", "no such user"), "mx.example.net"
 		m.Rcpts[2].Attempts++
 		m.Rcpts[2].State = spool.Delivered
 	})
@@ -83,7 +83,7 @@ func TestEventsFromStateChanges(t *testing.T) {
 	}
 	e.update(t, m.ID, func(m *spool.Message) {
 		m.Rcpts[0].Attempts++
-		m.Rcpts[0].State, m.Rcpts[0].LastError, m.Rcpts[0].RemoteMTA = spool.Delivered, "", "mx2.example.net"
+		m.Rcpts[0].State, m.Rcpts[0].Reply, m.Rcpts[0].RemoteMTA = spool.Delivered, spool.Reply{}, "mx2.example.net"
 	})
 
 	want := []string{
@@ -156,7 +156,7 @@ func TestEventsDeleteAndNotice(t *testing.T) {
 	}
 	notice.ID = e.s.NewID()
 	err = e.s.Update(m.ID, func(tx *spool.Tx, m *spool.Message) error {
-		m.Rcpts[0].State, m.Rcpts[0].LastError = spool.Failed, "550 5.1.1 no"
+		m.Rcpts[0].State, m.Rcpts[0].Reply = spool.Failed, spool.NewReply(550, "5.1.1", "no")
 		return e.s.EnqueueTxn(tx, notice, bytes.NewReader([]byte("bounce")))
 	})
 	if err != nil {

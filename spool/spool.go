@@ -79,7 +79,10 @@ type Recipient struct {
 	State       State     `json:"state"`
 	Attempts    int       `json:"attempts"`
 	NextAttempt time.Time `json:"next_attempt"`
-	LastError   string    `json:"last_error"`
+	// Reply is the last attempt's reply: why the recipient waits or
+	// failed (zero when delivered or not yet tried). In JSON it comes
+	// rendered as "last_error" too (MarshalJSON).
+	Reply Reply `json:"reply,omitzero"`
 	// RemoteMTA is the host that gave the last answer, for DSNs.
 	RemoteMTA string `json:"remote_mta,omitempty"`
 	// DelayNotified records that the sender was told of a delay, which

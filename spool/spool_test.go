@@ -506,7 +506,7 @@ func TestHoldRelease(t *testing.T) {
 	if err := e.s.Hold(b.ID); err != nil {
 		t.Fatal(err)
 	}
-	e.update(t, b.ID, func(m *spool.Message) { m.Rcpts[0].LastError = "operator note" })
+	e.update(t, b.ID, func(m *spool.Message) { m.Rcpts[0].Reply = spool.TempReply("", "operator note") })
 	if ids := e.due(t, later, 10); !slices.Equal(ids, []string{a.ID}) {
 		t.Errorf("Due after updating held b = %v, want [a]", ids)
 	}
@@ -729,7 +729,7 @@ func TestUpdateRecipientState(t *testing.T) {
 			name: "a deferred",
 			fn: func(m *spool.Message) {
 				m.Rcpts[0].Attempts++
-				m.Rcpts[0].LastError = "451 4.2.0 mailbox busy"
+				m.Rcpts[0].Reply = spool.NewReply(451, "4.2.0", "mailbox busy")
 				m.Rcpts[0].NextAttempt = mins(5)
 			},
 			wantDue: t0, // b and c are still due now
@@ -745,7 +745,7 @@ func TestUpdateRecipientState(t *testing.T) {
 				m.Rcpts[1].State = spool.Delivered
 				m.Rcpts[1].Attempts++
 				m.Rcpts[2].Attempts++
-				m.Rcpts[2].LastError = "421 4.7.0 try later"
+				m.Rcpts[2].Reply = spool.NewReply(421, "4.7.0", "try later")
 				m.Rcpts[2].NextAttempt = mins(10)
 			},
 			wantDue: mins(5), // a is now the earliest pending
@@ -760,7 +760,7 @@ func TestUpdateRecipientState(t *testing.T) {
 			fn: func(m *spool.Message) {
 				m.Rcpts[0].State = spool.Failed
 				m.Rcpts[0].Attempts++
-				m.Rcpts[0].LastError = "550 5.1.1 no such user"
+				m.Rcpts[0].Reply = spool.NewReply(550, "5.1.1", "no such user")
 			},
 			wantDue: mins(10), // only c is left
 			want: []rcptWant{
@@ -791,9 +791,9 @@ func TestUpdateRecipientState(t *testing.T) {
 			}
 			for i, w := range step.want {
 				r := got.Rcpts[i]
-				if r.State != w.state || r.Attempts != w.attempts || r.LastError != w.lastErr || !r.NextAttempt.Equal(w.next) {
+				if r.State != w.state || r.Attempts != w.attempts || r.Reply.String() != w.lastErr || !r.NextAttempt.Equal(w.next) {
 					t.Errorf("rcpt %s = {%s %d %q %v}, want {%s %d %q %v}", r.Address,
-						r.State, r.Attempts, r.LastError, r.NextAttempt, w.state, w.attempts, w.lastErr, w.next)
+						r.State, r.Attempts, r.Reply, r.NextAttempt, w.state, w.attempts, w.lastErr, w.next)
 				}
 			}
 			// Exactly one due entry, at the new time: not due just before it,
@@ -907,7 +907,7 @@ func TestUpdateErrorChangesNothing(t *testing.T) {
 	}{
 		{"deferral", func(m *spool.Message) {
 			m.Rcpts[0].Attempts = 9
-			m.Rcpts[0].LastError = "nope"
+			m.Rcpts[0].Reply = spool.TempReply("", "nope")
 			m.Rcpts[0].NextAttempt = t0.Add(time.Hour)
 		}},
 		{"all final", func(m *spool.Message) {
@@ -1100,10 +1100,10 @@ func TestReopen(t *testing.T) {
 		m.Rcpts[0].State = spool.Delivered
 		m.Rcpts[0].Attempts = 1
 		m.Rcpts[1].Attempts = 3
-		m.Rcpts[1].LastError = "452 4.2.2 over quota"
+		m.Rcpts[1].Reply = spool.NewReply(452, "4.2.2", "over quota")
 		m.Rcpts[1].NextAttempt = mins(40)
 		m.Rcpts[2].State = spool.Failed
-		m.Rcpts[2].LastError = "550 5.1.1 unknown"
+		m.Rcpts[2].Reply = spool.NewReply(550, "5.1.1", "unknown")
 	})
 	held := e.enqueue(t, []byte("held"), rcptAt("h@example.net", mins(2)))
 	if err := e.s.Hold(held.ID); err != nil {
@@ -1152,7 +1152,7 @@ func TestReopen(t *testing.T) {
 	}
 	mm := e.get(t, multi.ID)
 	if mm.Rcpts[0].State != spool.Delivered || mm.Rcpts[1].State != spool.Pending || mm.Rcpts[2].State != spool.Failed ||
-		mm.Rcpts[1].Attempts != 3 || mm.Rcpts[1].LastError != "452 4.2.2 over quota" || !mm.Rcpts[1].NextAttempt.Equal(mins(40)) ||
+		mm.Rcpts[1].Attempts != 3 || mm.Rcpts[1].Reply.String() != "452 4.2.2 over quota" || !mm.Rcpts[1].NextAttempt.Equal(mins(40)) ||
 		!slices.Equal(mm.Rcpts[0].Notify, []string{"NEVER"}) || mm.Rcpts[0].ORcpt != "rfc822;A@example.net" {
 		t.Errorf("recipients after reopen: %+v", mm.Rcpts)
 	}
@@ -1281,7 +1281,7 @@ func TestEnqueueTxn(t *testing.T) {
 		var bounce *spool.Message
 		err := e.s.Update(orig.ID, func(txn *spool.Tx, m *spool.Message) error {
 			m.Rcpts[0].State = spool.Failed
-			m.Rcpts[0].LastError = "550 5.1.1 no such user"
+			m.Rcpts[0].Reply = spool.NewReply(550, "5.1.1", "no such user")
 			orig, err := io.ReadAll(spool.BodyTxn(txn.Txn, m))
 			if err != nil {
 				return err

@@ -218,7 +218,7 @@ func printQueue(w io.Writer, ms []*spool.Message, now time.Time) {
 					next = "next in " + age(d)
 				}
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%d tries\t%s\t%s\n", r.Address, r.State, r.Attempts, next, r.LastError)
+			fmt.Fprintf(tw, "  %s\t%s\t%d tries\t%s\t%s\n", r.Address, r.State, r.Attempts, next, r.Reply)
 		}
 	}
 	tw.Flush()
@@ -234,8 +234,8 @@ func printShown(w io.Writer, sh *relay.Shown) {
 	}
 	for _, r := range m.Rcpts {
 		fmt.Fprintf(w, "rcpt:     <%s> %s, %d attempt(s), next %s", r.Address, r.State, r.Attempts, r.NextAttempt.Local().Format(time.RFC3339))
-		if r.LastError != "" {
-			fmt.Fprintf(w, ", last error: %s", r.LastError)
+		if !r.Reply.IsZero() {
+			fmt.Fprintf(w, ", last error: %s", r.Reply)
 		}
 		fmt.Fprintln(w)
 	}

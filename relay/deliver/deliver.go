@@ -5,17 +5,24 @@
 // Local delivery is exactly-once: the mailbox insert and the recipients'
 // new state commit in one Badger transaction (spool.Update), so a crash
 // before the commit leaves the message pending and one after leaves it
-// delivered, never both. Temporary failures are retried with exponential
-// backoff (computed in float seconds, with a little jitter) up to RetryMax
-// apart. While the disk is below the store's reserve (Config.LocalPaused),
-// local delivery, which copies each body into a mailbox, waits without
-// writing or counting anything, and goes on by itself when space is back.
+// delivered, never both.
+//
+// Every attempt, local or remote, ends in one spool.Reply per recipient,
+// and one function (fate) decides from it and the clock what becomes of
+// the recipient: delivered; failed at once on a permanent reply; failed
+// with 5.4.7 once a temporary failure outlives Lifetime; otherwise retried
+// with exponential backoff (computed in float seconds, with a little
+// jitter) up to RetryMax apart, the sender told of the delay once past
+// DelayNotice. A failure of the relay's own storage is the fixed reply
+// spool.LocalTrouble; its error goes to the log, never into a notice.
+// While the disk is below the store's reserve (Config.LocalPaused), local
+// delivery, which copies each body into a mailbox, waits without writing
+// or counting anything, and goes on by itself when space is back.
 package deliver
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"math"
@@ -60,10 +67,9 @@ type Remote interface {
 
 // Outcome is the result of one delivery attempt for one recipient.
 type Outcome struct {
-	// Err is nil on success; otherwise Permanent says whether to give up.
-	// Its text is the reply, e.g. "550 5.1.1 no such user".
-	Err       error
-	Permanent bool
+	// Reply is the failure's reply, the zero Reply on success; its
+	// Permanent says whether to give up.
+	Reply spool.Reply
 	// RemoteMTA is the host that answered.
 	RemoteMTA string
 	// RemoteDSN says the next hop took the DSN request over (RFC 3461
@@ -92,11 +98,11 @@ type Loop struct {
 	remote Remote
 	log    *slog.Logger
 
-	// BeforeCommit, when set, runs inside the local-delivery transaction
-	// after the mailbox insert and before the commit. Tests use it to
-	// inject a failure or a crash at the one point where exactly-once
-	// delivery could break.
-	BeforeCommit func(id string) error
+	// beforeCommit, when set, runs inside the local-delivery transaction
+	// after the mailbox insert and before the commit: the one point where
+	// exactly-once delivery could break, where tests inject a failure or a
+	// crash (export_test.go).
+	beforeCommit func(id string) error
 
 	mu       sync.Mutex
 	inflight map[string]bool
@@ -323,7 +329,7 @@ func (l *Loop) process(ctx context.Context, id string) {
 		}
 		if err != nil && !errors.Is(err, spool.ErrNotFound) {
 			l.log.Error("local delivery failed", "id", id, "error", err)
-			l.deferLocal(id, err)
+			l.failLocal(id)
 		}
 	}
 	if !remote {
@@ -348,12 +354,8 @@ func (l *Loop) deliverLocal(id string, accounts []string) error {
 	var users []string
 	err := l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
 		users = users[:0]
-		var idx, report []int
-		defer func() {
-			if len(report) > 0 {
-				l.notifyTxn(tx, m, report, now)
-			}
-		}()
+		var idx []int
+		var reports []report
 		for i, r := range m.Rcpts {
 			if !isDue(r, now) || !l.IsLocal(r.Address) {
 				continue
@@ -363,12 +365,9 @@ func (l *Loop) deliverLocal(id string, accounts []string) error {
 			if err != nil {
 				return err
 			}
-			rc := &m.Rcpts[i]
 			if !ok {
 				// The account went away after RCPT was accepted.
-				rc.Attempts++
-				rc.State, rc.LastError, rc.RemoteMTA = spool.Failed, "550 5.1.1 no such user", ""
-				report = append(report, i)
+				reports = l.fate(m, i, now, Outcome{Reply: noSuchUser}, reports)
 				continue
 			}
 			idx = append(idx, i)
@@ -377,24 +376,24 @@ func (l *Loop) deliverLocal(id string, accounts []string) error {
 			}
 		}
 		if len(users) == 0 {
+			l.notifyTxn(tx, m, reports, now)
 			return nil
 		}
 		body := spool.BodyTxn(tx.Txn, m)
 		if err := mailbox.DeliverTxn(tx.Txn, mailbox.NewBlobID(), body, users, m.Arrived); err != nil {
 			return err
 		}
-		if l.BeforeCommit != nil {
-			if err := l.BeforeCommit(m.ID); err != nil {
+		if l.beforeCommit != nil {
+			if err := l.beforeCommit(m.ID); err != nil {
 				return err
 			}
 		}
 		for _, i := range idx {
-			m.Rcpts[i].Attempts++
-			m.Rcpts[i].State, m.Rcpts[i].LastError, m.Rcpts[i].RemoteMTA = spool.Delivered, "", ""
-			if wants(m.Rcpts[i], "SUCCESS") {
-				report = append(report, i)
-			}
+			reports = l.fate(m, i, now, Outcome{}, reports)
 		}
+		// Notices last, so that a transaction failed above queues
+		// (and logs) none.
+		l.notifyTxn(tx, m, reports, now)
 		return nil
 	})
 	if err != nil {
@@ -406,20 +405,26 @@ func (l *Loop) deliverLocal(id string, accounts []string) error {
 	return nil
 }
 
-// deferLocal records a failed local attempt so it is retried later instead
-// of at once.
-func (l *Loop) deferLocal(id string, cause error) {
+// noSuchUser is the reply for a local recipient whose account is gone.
+var noSuchUser = spool.NewReply(550, "5.1.1", "no such user")
+
+// failLocal records a failed local attempt for every due local recipient
+// of message id: the store failed, so the reply is spool.LocalTrouble,
+// and the caller has logged the error behind it.
+func (l *Loop) failLocal(id string) {
 	now := l.spool.Now()
-	err := l.spool.Update(id, func(_ *spool.Tx, m *spool.Message) error {
+	err := l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
+		var reports []report
 		for i, r := range m.Rcpts {
 			if isDue(r, now) && l.IsLocal(r.Address) {
-				l.retryLater(&m.Rcpts[i], now, fmt.Sprintf("451 4.3.0 local delivery failed: %v", cause))
+				reports = l.fate(m, i, now, Outcome{Reply: spool.LocalTrouble}, reports)
 			}
 		}
+		l.notifyTxn(tx, m, reports, now)
 		return nil
 	})
 	if err != nil && !errors.Is(err, spool.ErrNotFound) {
-		l.log.Error("defer failed", "id", id, "error", err)
+		l.log.Error("record local failure", "id", id, "error", err)
 	}
 }
 
@@ -449,50 +454,17 @@ func (l *Loop) deliverRemote(ctx context.Context, m *spool.Message) {
 	outcomes := make([]Outcome, len(idx))
 	if l.remote == nil {
 		for i := range outcomes {
-			outcomes[i] = Outcome{Err: errors.New("451 4.4.0 remote delivery is not configured")}
+			outcomes[i] = Outcome{Reply: notConfigured}
 		}
 	} else {
 		outcomes = l.remote.Deliver(ctx, m, idx, started)
 	}
 	err := l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
-		var report []int
+		var reports []report
 		for j, i := range idx {
-			rc, o := &m.Rcpts[i], outcomes[j]
-			if rc.State != spool.Pending {
-				continue
-			}
-			if o.Busy {
-				rc.NextAttempt = now.Add(busyRetry)
-				continue
-			}
-			rc.RemoteMTA = o.RemoteMTA
-			switch {
-			case o.Err == nil:
-				rc.Attempts++
-				rc.State, rc.LastError = spool.Delivered, ""
-				// RFC 3461 §4.1: without DSN support at the next hop,
-				// a requested success notice becomes "relayed" here.
-				if wants(*rc, "SUCCESS") && !o.RemoteDSN {
-					report = append(report, i)
-				}
-			case o.Permanent:
-				rc.Attempts++
-				rc.State, rc.LastError = spool.Failed, o.Err.Error()
-				report = append(report, i)
-			case now.Sub(m.Arrived) >= l.cfg.Lifetime:
-				rc.Attempts++
-				rc.State = spool.Failed
-				rc.LastError = "4.4.7 message expired after " + l.cfg.Lifetime.String() + "; last error: " + o.Err.Error()
-				report = append(report, i)
-			default:
-				l.retryLater(rc, now, o.Err.Error())
-				if !rc.DelayNotified && now.Sub(m.Arrived) >= l.cfg.DelayNotice && wants(*rc, "DELAY") {
-					rc.DelayNotified = true
-					report = append(report, i)
-				}
-			}
+			reports = l.fate(m, i, now, outcomes[j], reports)
 		}
-		l.notifyTxn(tx, m, report, now)
+		l.notifyTxn(tx, m, reports, now)
 		return nil
 	})
 	if err != nil && !errors.Is(err, spool.ErrNotFound) {
@@ -500,11 +472,63 @@ func (l *Loop) deliverRemote(ctx context.Context, m *spool.Message) {
 	}
 }
 
-// retryLater counts an attempt and schedules the next one.
-func (l *Loop) retryLater(rc *spool.Recipient, now time.Time, reason string) {
+// notConfigured is the reply for a remote recipient while the relay has no
+// remote transport: temporary, since one may be configured before the
+// message expires.
+var notConfigured = spool.TempReply("4.4.0", "remote delivery is not configured")
+
+// report asks for a notice about recipient i of a message.
+type report struct {
+	i       int
+	expired bool // failed because its time ran out (5.4.7)
+}
+
+// fate applies the outcome of one attempt to recipient i of m at now,
+// local and remote alike, and appends to reports the notice the sender is
+// due, if any:
+//   - busy: no attempt was made; tried again after busyRetry.
+//   - success: delivered; a notice if NOTIFY asked for SUCCESS and the
+//     next hop did not take the request over (RFC 3461 §4.1: without DSN
+//     support there, the notice says "relayed").
+//   - a permanent reply: failed, with a failure notice.
+//   - a temporary reply once the message is Lifetime old: failed, the
+//     reply kept, with a failure notice saying 5.4.7 (RFC 3463 X.4.7).
+//   - a temporary reply before: retried after Backoff; the first attempt
+//     past DelayNotice brings the one delay notice, if NOTIFY allows it.
+//
+// A recipient no longer pending (settled by a concurrent change) is left
+// alone.
+func (l *Loop) fate(m *spool.Message, i int, now time.Time, o Outcome, reports []report) []report {
+	rc := &m.Rcpts[i]
+	switch {
+	case rc.State != spool.Pending:
+		return reports
+	case o.Busy:
+		rc.NextAttempt = now.Add(busyRetry)
+		return reports
+	}
 	rc.Attempts++
-	rc.LastError = reason
-	rc.NextAttempt = now.Add(Backoff(rc.Attempts, l.cfg.RetryFirst, l.cfg.RetryMax, rand.Float64()))
+	rc.Reply, rc.RemoteMTA = o.Reply, o.RemoteMTA
+	switch {
+	case o.Reply.IsZero():
+		rc.State = spool.Delivered
+		if wants(*rc, "SUCCESS") && !o.RemoteDSN {
+			reports = append(reports, report{i: i})
+		}
+	case o.Reply.Permanent:
+		rc.State = spool.Failed
+		reports = append(reports, report{i: i})
+	case now.Sub(m.Arrived) >= l.cfg.Lifetime:
+		rc.State = spool.Failed
+		reports = append(reports, report{i: i, expired: true})
+	default:
+		rc.NextAttempt = now.Add(Backoff(rc.Attempts, l.cfg.RetryFirst, l.cfg.RetryMax, rand.Float64()))
+		if !rc.DelayNotified && now.Sub(m.Arrived) >= l.cfg.DelayNotice && wants(*rc, "DELAY") {
+			rc.DelayNotified = true
+			reports = append(reports, report{i: i})
+		}
+	}
+	return reports
 }
 
 // Backoff is the wait after the n-th failed attempt: first, doubling with
@@ -519,25 +543,25 @@ func Backoff(n int, first, most time.Duration, jitter float64) time.Duration {
 	return time.Duration(s * float64(time.Second))
 }
 
-// operatorBounce is the reason a recipient bounced by `relay queue bounce`
-// gives in its DSN.
-const operatorBounce = "550 5.0.0 message returned to the sender by the mail system administrator"
+// operatorBounce is the reply of a recipient bounced by `relay queue
+// bounce`, as its DSN gives it.
+var operatorBounce = spool.NewReply(550, "5.0.0", "message returned to the sender by the mail system administrator")
 
 // Bounce fails every pending recipient of message id now and sends the
 // sender a failure notice for them, as if the queue lifetime had ended.
 func (l *Loop) Bounce(id string) error {
 	now := l.spool.Now()
 	return l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
-		var report []int
+		var reports []report
 		for i := range m.Rcpts {
 			rc := &m.Rcpts[i]
 			if rc.State != spool.Pending {
 				continue
 			}
-			rc.State, rc.LastError, rc.RemoteMTA = spool.Failed, operatorBounce, ""
-			report = append(report, i)
+			rc.State, rc.Reply, rc.RemoteMTA = spool.Failed, operatorBounce, ""
+			reports = append(reports, report{i: i})
 		}
-		l.notifyTxn(tx, m, report, now)
+		l.notifyTxn(tx, m, reports, now)
 		return nil
 	})
 }

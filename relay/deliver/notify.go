@@ -20,11 +20,11 @@ func wants(rc spool.Recipient, kind string) bool {
 	return slices.ContainsFunc(rc.Notify, func(n string) bool { return strings.EqualFold(n, kind) })
 }
 
-// notifyTxn queues, inside txn, the delivery status notifications that the
-// recipients at idx call for: one message per kind (failed, delayed,
-// delivered). It never writes to the null sender, so bounces cannot loop.
-func (l *Loop) notifyTxn(tx *spool.Tx, m *spool.Message, idx []int, now time.Time) {
-	if len(idx) == 0 {
+// notifyTxn queues, inside tx, the delivery status notifications that
+// reports call for: one message per kind (failed, delayed, delivered). It
+// never writes to the null sender, so bounces cannot loop.
+func (l *Loop) notifyTxn(tx *spool.Tx, m *spool.Message, reports []report, now time.Time) {
+	if len(reports) == 0 {
 		return
 	}
 	if m.From == "" {
@@ -32,25 +32,21 @@ func (l *Loop) notifyTxn(tx *spool.Tx, m *spool.Message, idx []int, now time.Tim
 		return
 	}
 	groups := map[dsn.Action][]dsn.Recipient{}
-	for _, i := range idx {
-		rc := m.Rcpts[i]
-		r := dsn.Recipient{Address: rc.Address, ORcpt: rc.ORcpt, RemoteMTA: rc.RemoteMTA, LastAttempt: now}
+	for _, rep := range reports {
+		rc := m.Rcpts[rep.i]
+		r := dsn.Recipient{Address: rc.Address, ORcpt: rc.ORcpt, Reply: rc.Reply, RemoteMTA: rc.RemoteMTA, LastAttempt: now}
 		switch {
 		case rc.State == spool.Failed:
 			if !wants(rc, "FAILURE") {
 				continue
 			}
-			r.Action, r.Status, r.Diagnostic = dsn.Failed, dsn.StatusOf(rc.LastError, "5.0.0"), rc.LastError
-			if strings.HasPrefix(r.Status, "4.") {
-				// An expired temporary failure is reported as permanent.
-				r.Status = "5" + r.Status[1:]
-			}
+			r.Action, r.Expired = dsn.Failed, rep.expired
 		case rc.State == spool.Delivered && l.IsLocal(rc.Address):
-			r.Action, r.Status = dsn.Delivered, "2.0.0"
+			r.Action = dsn.Delivered
 		case rc.State == spool.Delivered:
-			r.Action, r.Status = dsn.Relayed, "2.0.0"
+			r.Action = dsn.Relayed
 		default:
-			r.Action, r.Status, r.Diagnostic = dsn.Delayed, dsn.StatusOf(rc.LastError, "4.0.0"), rc.LastError
+			r.Action = dsn.Delayed
 			r.WillRetryUntil = m.Arrived.Add(l.cfg.Lifetime)
 		}
 		kind := r.Action

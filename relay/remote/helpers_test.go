@@ -521,20 +521,20 @@ func deliverNow(t *testing.T, tr *remote.Transport, m *spool.Message, rcpts ...i
 
 // describe renders an outcome for failure messages.
 func describe(o deliver.Outcome) string {
-	if o.Err == nil {
+	if o.Reply.IsZero() {
 		return fmt.Sprintf("delivered (remote %q, dsn %v)", o.RemoteMTA, o.RemoteDSN)
 	}
 	kind := "temporary"
-	if o.Permanent {
+	if o.Reply.Permanent {
 		kind = "permanent"
 	}
-	return fmt.Sprintf("%s %q (remote %q)", kind, o.Err, o.RemoteMTA)
+	return fmt.Sprintf("%s %q (remote %q)", kind, o.Reply, o.RemoteMTA)
 }
 
 // checkOK fails unless o is a success.
 func checkOK(t *testing.T, what string, o deliver.Outcome) {
 	t.Helper()
-	if o.Err != nil {
+	if !o.Reply.IsZero() {
 		t.Errorf("%s: %s, want delivered", what, describe(o))
 	}
 }
@@ -543,7 +543,7 @@ func checkOK(t *testing.T, what string, o deliver.Outcome) {
 // want.
 func checkFail(t *testing.T, what string, o deliver.Outcome, permanent bool, want string) {
 	t.Helper()
-	if o.Err == nil || o.Permanent != permanent || !strings.Contains(o.Err.Error(), want) {
+	if o.Reply.IsZero() || o.Reply.Permanent != permanent || !strings.Contains(o.Reply.String(), want) {
 		kind := "temporary"
 		if permanent {
 			kind = "permanent"
