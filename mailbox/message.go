@@ -49,6 +49,20 @@ func PutBlobTxn(txn *badger.Txn, blob string, body io.Reader, refs uint32) (int6
 // longer one is read from the body like a message without a stored header.
 const maxHead = 32 << 10
 
+// HeadCapture passes a body through and keeps its header section for a
+// stored copy (maxHead bytes at most); Head returns it once the body was
+// read to its end.
+type HeadCapture struct{ h headCapture }
+
+// NewHeadCapture reads r.
+func NewHeadCapture(r io.Reader) *HeadCapture { return &HeadCapture{headCapture{r: r}} }
+
+func (c *HeadCapture) Read(p []byte) (int, error) { return c.h.Read(p) }
+
+// Head is the header section of the body of size bytes read through c, or
+// nil when it is not to be stored apart.
+func (c *HeadCapture) Head(size int64) []byte { return c.h.head(size) }
+
 // headCapture passes a body through and keeps its header section: the
 // bytes up to and including the first empty line, which is where IMAP's
 // header parser ends it too. It copies no more than that.

@@ -16,6 +16,9 @@ const (
 	FlagDeleted = `\Deleted`
 )
 
+// HasFlag reports whether flags holds f, compared without regard to case.
+func HasFlag(flags []string, f string) bool { return hasFlag(flags, f) }
+
 func hasFlag(flags []string, f string) bool {
 	return slices.ContainsFunc(flags, func(x string) bool { return strings.EqualFold(x, f) })
 }
@@ -29,6 +32,10 @@ const (
 	FlagsAdd
 	FlagsRemove
 )
+
+// ApplyFlags returns the flag set cur becomes after op with flags: what
+// every engine stores for STORE.
+func ApplyFlags(cur []string, op FlagOp, flags []string) []string { return applyFlags(cur, op, flags) }
 
 // applyFlags returns the flag set after op, without duplicates (compared
 // case-insensitively, as RFC 3501 §2.3.2 has it) and without \Recent, which
@@ -317,9 +324,11 @@ func (s *Store) removeTxn(txn *badger.Txn, mb *Mailbox, m Message) error {
 
 // CopyResult maps source UIDs to the UIDs the copies got.
 type CopyResult struct {
-	UIDValidity uint32
-	SrcUIDs     []uint32
-	DstUIDs     []uint32
+	// SrcID and DstID are the two mailboxes' IDs.
+	SrcID, DstID uint64
+	UIDValidity  uint32
+	SrcUIDs      []uint32
+	DstUIDs      []uint32
 }
 
 // Copy copies messages to another mailbox of the same user (the body is

@@ -89,6 +89,10 @@ type Event struct {
 	// Source is the session that made the change, so that its own
 	// change is not reported back to it.
 	Source any
+	// Overflow says the change is not known in detail (it was too large
+	// to carry between nodes, or notices may have been lost): sessions
+	// re-read the mailbox.
+	Overflow bool
 }
 
 // Subscription receives a user's events. C gets a value whenever events are

@@ -54,6 +54,10 @@ type Event struct {
 	Next     time.Time `json:"next,omitzero"`
 	Operator bool      `json:"operator,omitempty"` // caused by an operator's command
 
+	// Cursor is the event's position in the log, set by the store when
+	// it is written or read: EventsAfter(Cursor) continues after it.
+	Cursor string `json:"-"`
+
 	seq []byte // position in the log, set when written
 }
 

@@ -114,9 +114,9 @@ func (m *Message) Done() bool {
 	return true
 }
 
-// nextDue is the earliest next attempt among pending recipients, or zero when
-// the message should not be in the due index.
-func (m *Message) nextDue() time.Time {
+// NextDue is the earliest next attempt among pending recipients, or zero when
+// the message is held or has nothing pending: when it falls due.
+func (m *Message) NextDue() time.Time {
 	if m.Hold {
 		return time.Time{}
 	}
@@ -325,7 +325,7 @@ func (s *Spool) idsAfter(after string, limit int) ([]string, error) {
 // putEnvelope writes m and moves its due-index entry to where its state says.
 func (s *Spool) putEnvelope(tx *Tx, m *Message) error {
 	txn := tx.Txn
-	due := m.nextDue()
+	due := m.NextDue()
 	if !m.Due.IsZero() && !m.Due.Equal(due) {
 		if err := txn.Delete(dueKey(m.Due, m.ID)); err != nil {
 			return fmt.Errorf("unindex: %w", err)
