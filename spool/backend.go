@@ -60,12 +60,15 @@ type Backend interface {
 
 	// Record appends events that change no state (attempts).
 	Record(ctx context.Context, evs ...Event) error
-	// LastEvents returns the newest n events, oldest first; EventsAfter
-	// those committed after cursor (an Event.Cursor), oldest first, up
-	// to limit; History the events of message id, oldest first. Events
-	// are kept for EventRetention.
+	// LastEvents returns the newest n events, oldest first; EventsSince
+	// up to limit events timed at or after since, in log order; History
+	// the events of message id, oldest first. Each carries its Cursor, a
+	// unique position in the log. Events are kept for EventRetention.
+	// (Commits on several nodes, or concurrent ones on one, need not
+	// reach the log in time order, so a follower reads a little behind
+	// what it saw and skips the cursors it had.)
 	LastEvents(ctx context.Context, n int) ([]Event, error)
-	EventsAfter(ctx context.Context, cursor string, limit int) ([]Event, error)
+	EventsSince(ctx context.Context, since time.Time, limit int) ([]Event, error)
 	History(ctx context.Context, id string) ([]Event, error)
 
 	// QueueChanged returns a channel closed at the next change of due

@@ -539,10 +539,9 @@ func (s *Store) LastEvents(ctx context.Context, n int) ([]spool.Event, error) {
 	return evs, mapErr(err)
 }
 
-// EventsAfter implements spool.Backend.
-func (s *Store) EventsAfter(ctx context.Context, cursor string, limit int) ([]spool.Event, error) {
-	seq, _ := strconv.ParseInt(cursor, 10, 64)
-	rows, err := s.pool.Query(ctx, "SELECT seq, data FROM events WHERE seq > $1 ORDER BY seq LIMIT $2", seq, limit)
+// EventsSince implements spool.Backend.
+func (s *Store) EventsSince(ctx context.Context, since time.Time, limit int) ([]spool.Event, error) {
+	rows, err := s.pool.Query(ctx, "SELECT seq, data FROM events WHERE time >= $1 ORDER BY seq LIMIT $2", since, limit)
 	if err != nil {
 		return nil, mapErr(err)
 	}
