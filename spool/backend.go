@@ -61,7 +61,7 @@ type Backend interface {
 	// Record appends events that change no state (attempts).
 	Record(ctx context.Context, evs ...Event) error
 	// LastEvents returns the newest n events, oldest first; EventsSince
-	// up to limit events timed at or after since, in log order; History
+	// up to limit events timed at or after since, in time order; History
 	// the events of message id, oldest first. Each carries its Cursor, a
 	// unique position in the log. Events are kept for EventRetention.
 	// (Commits on several nodes, or concurrent ones on one, need not

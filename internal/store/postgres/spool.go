@@ -541,7 +541,7 @@ func (s *Store) LastEvents(ctx context.Context, n int) ([]spool.Event, error) {
 
 // EventsSince implements spool.Backend.
 func (s *Store) EventsSince(ctx context.Context, since time.Time, limit int) ([]spool.Event, error) {
-	rows, err := s.pool.Query(ctx, "SELECT seq, data FROM events WHERE time >= $1 ORDER BY seq LIMIT $2", since, limit)
+	rows, err := s.pool.Query(ctx, "SELECT seq, data FROM events WHERE time >= $1 ORDER BY time, seq LIMIT $2", since, limit)
 	if err != nil {
 		return nil, mapErr(err)
 	}
