@@ -13,6 +13,7 @@ import (
 
 	"github.com/relaymail/relay/internal/addr"
 	"github.com/relaymail/relay/internal/admin"
+	"github.com/relaymail/relay/internal/diskspace"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/relay/inject"
 	"github.com/relaymail/relay/spool"
@@ -70,6 +71,10 @@ func (s *Server) sendmail(_ context.Context, raw json.RawMessage, body io.Reader
 	if err := json.Unmarshal(raw, &req); err != nil {
 		return nil, admin.UserError(fmt.Errorf("bad request: %w", err))
 	}
+	if err := s.disk.Check(); err != nil {
+		io.Copy(io.Discard, body)
+		return nil, noSpace(err)
+	}
 	from, fromUTF8, err := s.sendmailSender(req)
 	if err != nil {
 		return nil, err
@@ -104,9 +109,12 @@ func (s *Server) sendmail(_ context.Context, raw json.RawMessage, body io.Reader
 	}, req.Login)
 	received := fmt.Sprintf("Received: by %s (relay sendmail, from user %s)\r\n\tid %s; %s\r\n",
 		s.cfg.Hostname, login, id, now.Format(time.RFC1123Z))
-	err = s.spool.Enqueue(m, io.MultiReader(strings.NewReader(received), strings.NewReader(string(header)), msg))
+	err = s.spool.Enqueue(m, s.disk.CheckAtEnd(io.MultiReader(strings.NewReader(received), strings.NewReader(string(header)), msg)))
 	if errors.Is(err, errTooBig) {
 		return nil, admin.UserError(err)
+	}
+	if errors.Is(err, diskspace.ErrLow) {
+		return nil, noSpace(err)
 	}
 	if err != nil {
 		return nil, err
@@ -117,6 +125,11 @@ func (s *Server) sendmail(_ context.Context, raw json.RawMessage, body io.Reader
 		rcpts[i] = r.Address
 	}
 	return SendmailReply{ID: id, Rcpts: rcpts}, nil
+}
+
+// noSpace is sendmail's refusal while the disk is below min-free-space.
+func noSpace(cause error) error {
+	return admin.UserError(fmt.Errorf("not enough free disk space to queue mail: %w; the message was not queued, send it again once space is freed", cause))
 }
 
 // sendmailSender returns the envelope sender and whether it needs SMTPUTF8.

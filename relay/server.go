@@ -23,6 +23,7 @@ import (
 	"github.com/relaymail/relay/internal/admin"
 	"github.com/relaymail/relay/internal/config"
 	"github.com/relaymail/relay/internal/connlimit"
+	"github.com/relaymail/relay/internal/diskspace"
 	"github.com/relaymail/relay/internal/metrics"
 	"github.com/relaymail/relay/internal/ratelimit"
 	"github.com/relaymail/relay/internal/store"
@@ -47,6 +48,7 @@ type Server struct {
 	loop    *deliver.Loop
 	remote  *remote.Transport
 	metrics *metrics.Registry
+	disk    *diskspace.Guard
 	http    *http.Server
 	httpLn  net.Listener
 
@@ -92,6 +94,9 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		log.Info("created data directory", "dir", dir)
 	}
 	log.Info("data directory", "dir", dir)
+	if err := CheckSpace(dir); err != nil {
+		return nil, err
+	}
 	db, err := store.Open(cfg.Data, store.Options{Logger: log})
 	if errors.Is(err, store.ErrLocked) {
 		return nil, fmt.Errorf("%s is in use: is another relay serve running with --data %s?", cfg.Data, cfg.Data)
@@ -106,6 +111,15 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
+	s.disk = diskspace.New(diskspace.Config{
+		Dir:     cfg.Data,
+		MinFree: uint64(cfg.MinFree()),
+		Reserve: store.Reserve,
+		Log:     log.With("component", "diskspace"),
+	})
+	// Between the reserve and min-free-space the relay runs, refusing
+	// mail; this first poll says so in the log.
+	s.disk.Poll()
 	// The mail log: one line per queue event, in the server's log.
 	s.spool.SetMailLog(log)
 	s.metrics = metrics.New(s.queueStats)
@@ -140,6 +154,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		DelayNotice: time.Duration(cfg.DelayNotice),
 		Hostname:    cfg.Hostname,
 		Workers:     cfg.DeliveryWorkers,
+		LocalPaused: s.disk.Critical,
 	}, s.spool, s.boxes, s.remote, log.With("component", "deliver"))
 	if err := s.listen(); err != nil {
 		s.closeListeners()
@@ -147,6 +162,18 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// CheckSpace refuses to open the database in dir when its filesystem has
+// less free than the store's reserve, with a message that says what to do.
+// Badger writes into the files it makes at open before anything can back
+// them, which on a full disk faults (SIGBUS) instead of failing; whatever
+// opens the database checks this first.
+func CheckSpace(dir string) error {
+	if err := diskspace.Need(dir, store.Reserve); err != nil {
+		return fmt.Errorf("not enough free disk space to open the database: %w; free space on that filesystem, or move the data directory to one with room (--data)", err)
+	}
+	return nil
 }
 
 func (s *Server) listen() error {
@@ -208,6 +235,7 @@ func (s *Server) listen() error {
 			MaxErrors:       s.cfg.MaxErrors,
 			SessionTimeout:  time.Duration(s.cfg.SessionTimeout),
 			MaxLineLength:   s.cfg.MaxLineLength,
+			Space:           s.disk,
 		}, s.spool, s.log.With("listener", l.name))
 		s.smtps = append(s.smtps, smtpListener{l.name, srv, ln})
 	}
@@ -238,6 +266,7 @@ func (s *Server) listen() error {
 			AppendLimit: uint32(min(s.cfg.MaxMessageSize, 1<<32-1)),
 			Log:         s.log.With("listener", l.name),
 			Metrics:     s.metrics,
+			Space:       s.disk,
 		}, s.boxes)
 		s.imaps = append(s.imaps, imapListener{l.name, srv, ln})
 	}
@@ -303,6 +332,35 @@ func (s *Server) releaseCold() {
 	}
 }
 
+// collectGarbage runs the value log's garbage collection unless the disk is
+// below the store's reserve: the collection writes the live bodies of a file
+// anew before it deletes the file, and may start a value-log file for them.
+func (s *Server) collectGarbage() {
+	if s.disk.Critical() {
+		s.log.Warn("value-log garbage collection skipped: disk space below the database's reserve")
+		return
+	}
+	s.db.CollectGarbage()
+}
+
+// preallocator returns the watcher's step before each poll: back the
+// database files Badger made since the last one. A failure is logged when
+// it first happens, not at every poll.
+func (s *Server) preallocator() func() {
+	last := ""
+	return func() {
+		err := s.db.Preallocate()
+		msg := ""
+		if err != nil {
+			msg = err.Error()
+		}
+		if msg != last && err != nil {
+			s.log.Error("cannot back database files with disk blocks; a full disk may now crash the relay", "error", err)
+		}
+		last = msg
+	}
+}
+
 const (
 	releaseEvery = 2 * time.Second
 	freeEvery    = 10 * time.Second
@@ -340,11 +398,12 @@ func (s *Server) Run(ctx context.Context) error {
 		})
 	}
 	stopGC := make(chan struct{})
-	wg.Go(func() { every(10*time.Minute, stopGC, s.db.CollectGarbage) })
+	wg.Go(func() { every(10*time.Minute, stopGC, s.collectGarbage) })
 	wg.Go(func() { every(releaseEvery, stopGC, s.releaseCold) })
 	wg.Go(func() { every(freeEvery, stopGC, debug.FreeOSMemory) })
 	loopCtx, stopLoop := context.WithCancel(context.Background())
 	wg.Go(func() { s.loop.Run(loopCtx) })
+	wg.Go(func() { s.disk.Watch(loopCtx, s.preallocator()) })
 
 	var runErr error
 	select {
@@ -373,12 +432,31 @@ func (s *Server) Run(ctx context.Context) error {
 	close(stopGC)
 	s.remote.Close()
 	wg.Wait()
-	if err := s.db.Close(); err != nil && runErr == nil {
-		runErr = fmt.Errorf("close database: %w", err)
+	if err := s.closeDB(); err != nil && runErr == nil {
+		runErr = err
 	}
 	os.Remove(admin.Socket(s.cfg.Data))
 	s.log.Info("stopped")
 	return runErr
+}
+
+// closeDB closes the database, unless the disk is below the store's
+// reserve. Closing flushes the memtable into a new table, a file that a full
+// disk cannot back, and the copy into it would fault (SIGBUS). Everything
+// committed is in the memtable's log, so the database is then only synced
+// and left as a crash leaves it: the next open replays the log.
+func (s *Server) closeDB() error {
+	if !s.disk.Critical() {
+		if err := s.db.Close(); err != nil {
+			return fmt.Errorf("close database: %w", err)
+		}
+		return nil
+	}
+	s.log.Warn("disk space below the database's reserve: database synced but not closed; the next start recovers it from its log")
+	if err := s.db.Sync(); err != nil {
+		return fmt.Errorf("sync database: %w", err)
+	}
+	return nil
 }
 
 // Reload applies a re-read configuration (SIGHUP): the TLS certificate is

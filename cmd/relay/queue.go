@@ -78,6 +78,11 @@ func withDB(dir string, create bool, remote func(*admin.Client) error, local fun
 	if fresh && !create {
 		return fmt.Errorf("no relay data in %s: point --data (or RELAY_DATA) at the data directory relay serve uses", abs)
 	}
+	if statErr == nil {
+		if err := relay.CheckSpace(abs); err != nil {
+			return err
+		}
+	}
 	db, err := store.Open(abs, store.Options{})
 	if errors.Is(err, store.ErrLocked) {
 		return fmt.Errorf("the database in %s is in use but no server answers on %s", abs, admin.Socket(abs))

@@ -65,6 +65,10 @@ type Config struct {
 	QueueLifetime Duration `toml:"queue-lifetime"`
 	DelayNotice   Duration `toml:"delay-notice"`
 
+	// MinFreeSpace is the free disk space, in bytes, below which new mail
+	// is refused (Postfix's queue_minfree); 0 means MinFree's default.
+	MinFreeSpace int64 `toml:"min-free-space"`
+
 	// MemoryLimit is the Go heap's soft limit in bytes (runtime/debug
 	// SetMemoryLimit); 0 leaves the runtime's default. GOMEMLIMIT, when
 	// set, wins.
@@ -162,6 +166,18 @@ func Changed(a, b Config, except ...string) []string {
 	return out
 }
 
+// MinFree is the min-free-space that applies: the setting, or when it is 0,
+// room for two messages of the largest size (a message accepted just above
+// the floor takes its size in the queue and again in a mailbox when it is
+// delivered) plus 64 MiB for the database's own growth. The store's reserve
+// still applies beneath it.
+func (c *Config) MinFree() int64 {
+	if c.MinFreeSpace > 0 {
+		return c.MinFreeSpace
+	}
+	return 2*c.MaxMessageSize + 64<<20
+}
+
 // Off reports whether a listener address disables the listener.
 func Off(addr string) bool { return addr == "" || addr == "off" }
 
@@ -210,6 +226,11 @@ func (c *Config) Validate() error {
 		if n.v < 0 {
 			errs = append(errs, fmt.Errorf("%s: must be 0 (no limit) or more", n.name))
 		}
+	}
+	if c.MinFreeSpace < 0 || (c.MinFreeSpace > 0 && c.MinFreeSpace < c.MaxMessageSize) {
+		// Postfix asks queue_minfree for 1.5 x message_size_limit: a
+		// message accepted at the floor must not take all there is.
+		errs = append(errs, errors.New("min-free-space: must be 0 (default: 2 x max-message-size + 64 MiB) or at least max-message-size"))
 	}
 	if c.MemoryLimit < 0 {
 		errs = append(errs, errors.New("memory-limit: must be 0 (runtime default) or a size in bytes"))
@@ -393,6 +414,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxErrors, "max-errors", c.MaxErrors, "refused commands before a session is ended")
 	fs.Var(&c.SessionTimeout, "session-timeout", "longest SMTP session, a `duration` such as 30s, 5m, 4h")
 	fs.IntVar(&c.MaxLineLength, "max-line-length", c.MaxLineLength, "longest SMTP command or message line")
+	fs.Var(sizeValue{&c.MinFreeSpace}, "min-free-space", "free disk space below which new mail is refused, a `size` (0: 2 x max-message-size + 64MiB)")
 	fs.Var(sizeValue{&c.MemoryLimit}, "memory-limit", "soft limit of the Go heap, a `size` (0: runtime default)")
 	fs.IntVar(&c.DeliveryWorkers, "delivery-workers", c.DeliveryWorkers, "messages in delivery at once")
 	fs.IntVar(&c.DestinationConcurrency, "destination-concurrency", c.DestinationConcurrency, "most connections to one destination")

@@ -110,6 +110,10 @@ func TestValidate(t *testing.T) {
 		{"negative memory limit", func(c *Config) { c.MemoryLimit = -1 }, "memory-limit"},
 		{"memory limit off", func(c *Config) { c.MemoryLimit = 0 }, ""},
 		{"no delivery workers", func(c *Config) { c.DeliveryWorkers = 0 }, "delivery-workers"},
+		{"negative min-free-space", func(c *Config) { c.MinFreeSpace = -1 }, "min-free-space"},
+		{"min-free-space under max-message-size", func(c *Config) { c.MinFreeSpace = c.MaxMessageSize - 1 }, "min-free-space"},
+		{"min-free-space of max-message-size", func(c *Config) { c.MinFreeSpace = c.MaxMessageSize }, ""},
+		{"min-free-space default", func(c *Config) { c.MinFreeSpace = 0 }, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Default()
@@ -120,6 +124,33 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("unexpected error %v", err)
 			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
 				t.Fatalf("err = %v, want one naming %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestMinFree: 0 is computed from max-message-size, as the flag, the file
+// and the default say; a set value is taken as it is.
+func TestMinFree(t *testing.T) {
+	t.Setenv("RELAY_DATA", "")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want int64
+	}{
+		{"default", nil, 2*50<<20 + 64<<20},
+		{"from max-message-size", []string{"--max-message-size", "1048576"}, 2<<20 + 64<<20},
+		{"flag", []string{"--min-free-space", "500000000"}, 500000000},
+		{"file", []string{"--config", writeFile(t, "min-free-space = 300000000\n")}, 300000000},
+		{"flag beats file", []string{"--config", writeFile(t, "min-free-space = 300000000\n"), "--min-free-space", "0"}, 2*50<<20 + 64<<20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _, err := FromArgs("test", tc.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.MinFree(); got != tc.want {
+				t.Errorf("MinFree = %d, want %d", got, tc.want)
 			}
 		})
 	}

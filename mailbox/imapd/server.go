@@ -27,6 +27,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 
+	"github.com/relaymail/relay/internal/diskspace"
 	"github.com/relaymail/relay/internal/metrics"
 	"github.com/relaymail/relay/internal/throttle"
 	"github.com/relaymail/relay/mailbox"
@@ -48,6 +49,9 @@ type Config struct {
 	Log *slog.Logger
 	// Metrics counts failed logins; nil counts nothing.
 	Metrics *metrics.Registry
+	// Space refuses APPEND while the data directory's disk is below
+	// min-free-space; nil never refuses.
+	Space *diskspace.Guard
 	// FieldCacheBytes bounds the memory of the cache of header fields
 	// that SEARCH has been asked for (default 16 MiB; negative: no cache).
 	FieldCacheBytes int64

@@ -366,6 +366,9 @@ func (s *session) Append(name string, r imap.LiteralReader, options *imap.Append
 	if r.Size() > int64(s.srv.cfg.AppendLimit) {
 		return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeTooBig, Text: "message exceeds APPENDLIMIT"}
 	}
+	if err := s.srv.cfg.Space.Check(); err != nil {
+		return nil, s.noSpace(err)
+	}
 	if _, err := s.srv.boxes.GetMailbox(s.user, name); err != nil {
 		if errors.Is(err, mailbox.ErrNoMailbox) {
 			// RFC 3501 §6.3.11: TRYCREATE tells the client to CREATE first.

@@ -7,7 +7,9 @@
 // before the commit leaves the message pending and one after leaves it
 // delivered, never both. Temporary failures are retried with exponential
 // backoff (computed in float seconds, with a little jitter) up to RetryMax
-// apart.
+// apart. While the disk is below the store's reserve (Config.LocalPaused),
+// local delivery, which copies each body into a mailbox, waits without
+// writing or counting anything, and goes on by itself when space is back.
 package deliver
 
 import (
@@ -43,6 +45,10 @@ type Config struct {
 	Lifetime, DelayNotice time.Duration
 	// Hostname names this relay in DSNs.
 	Hostname string
+	// LocalPaused reports whether local delivery must wait: it copies a
+	// body into a mailbox, which the disk may have no room for (below
+	// the store's reserve). Nil never pauses.
+	LocalPaused func() bool
 }
 
 // Remote delivers recipients outside the local domains. Deliver returns one
@@ -73,6 +79,10 @@ type Outcome struct {
 // busyRetry is how soon a recipient whose destination was busy is tried
 // again.
 const busyRetry = 2 * time.Second
+
+// pausedWait is how often the loop looks again while local delivery is
+// paused.
+const pausedWait = time.Second
 
 // Loop is the delivery loop.
 type Loop struct {
@@ -210,13 +220,20 @@ func (l *Loop) Run(ctx context.Context) {
 		if !next.IsZero() {
 			wait = min(wait, max(next.Sub(now), 10*time.Millisecond))
 		}
+		idle := l.idle
+		if l.localPaused() {
+			// The paused messages stay due and would be handed out
+			// again as soon as a worker is done with them: look once
+			// a second instead, until the pause ends.
+			wait, idle = pausedWait, nil
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-changed:
-		case <-l.idle:
+		case <-idle:
 		case <-t.C:
 		}
 		t.Stop()
@@ -248,6 +265,8 @@ func (l *Loop) release(id string) {
 	default:
 	}
 }
+
+func (l *Loop) localPaused() bool { return l.cfg.LocalPaused != nil && l.cfg.LocalPaused() }
 
 // IsLocal reports whether a recipient address is in a local domain.
 func (l *Loop) IsLocal(rcpt string) bool {
@@ -282,6 +301,12 @@ func (l *Loop) process(ctx context.Context, id string) {
 		default:
 			remote = true
 		}
+	}
+	if len(accounts) > 0 && l.localPaused() {
+		// Nothing is written, not even a new retry time (the disk has
+		// no room to spare): the recipients stay due, without an
+		// attempt counted, until the pause ends.
+		accounts = nil
 	}
 	if len(accounts) > 0 {
 		err := l.deliverLocal(id, accounts)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/relaymail/relay/internal/addr"
 	"github.com/relaymail/relay/internal/connlimit"
+	"github.com/relaymail/relay/internal/diskspace"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/spool"
 )
@@ -137,6 +138,9 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 			s.srv.cfg.Metrics.Rejected("sender not owned")
 			return errNotYours
 		}
+	}
+	if err := s.srv.cfg.Space.Check(); err != nil {
+		return s.noSpace(err)
 	}
 	if !s.srv.cfg.IPRate.Allow(connlimit.Key(s.addr).String()) {
 		s.srv.log.Info("rejected", "reason", "message rate per address", "client", s.ip)
@@ -269,7 +273,7 @@ func (s *session) data(r io.Reader) error {
 	if !m.Params.SMTPUTF8 && m.Params.Body != "8BITMIME" {
 		client = &header7bit{r: client}
 	}
-	body := io.MultiReader(strings.NewReader(s.received(m)), client)
+	body := s.srv.cfg.Space.CheckAtEnd(io.MultiReader(strings.NewReader(s.received(m)), client))
 	// go-smtp sets a fresh deadline before it reads the next command, so
 	// the data deadline needs no reset here; after a timeout it must stay
 	// expired so that go-smtp's drain of the rest returns at once.
@@ -308,6 +312,8 @@ func (s *session) dataError(m *spool.Message, err error) error {
 		s.mu.Lock()
 		s.closeAfterReply = true
 		s.mu.Unlock()
+	case errors.Is(err, diskspace.ErrLow):
+		reply, reason = errNoStorage, "insufficient storage"
 	case errors.Is(err, smtp.ErrDataReset), errors.Is(err, io.ErrUnexpectedEOF):
 		// The client went away or reset; nobody reads the reply.
 		s.srv.log.Info("aborted", "id", m.ID, "client", s.ip, "error", err)

@@ -29,6 +29,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/relaymail/relay/internal/connlimit"
+	"github.com/relaymail/relay/internal/diskspace"
 	"github.com/relaymail/relay/internal/metrics"
 	"github.com/relaymail/relay/internal/ratelimit"
 	"github.com/relaymail/relay/internal/throttle"
@@ -90,6 +91,10 @@ type Config struct {
 	SessionTimeout time.Duration
 	// MaxLineLength caps a command line and a line of message data.
 	MaxLineLength int
+	// Space refuses new mail while the data directory's disk is below
+	// min-free-space (452 4.3.1 at MAIL and at the end of the data); nil
+	// never refuses.
+	Space *diskspace.Guard
 }
 
 // Accounts is what ingress needs of the account store.

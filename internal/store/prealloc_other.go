@@ -1,0 +1,7 @@
+//go:build !linux
+
+package store
+
+// preallocateDir does nothing outside Linux, where the relay does not run in
+// production; there a full disk can still fault Badger's mapped files.
+func preallocateDir(string) error { return nil }
