@@ -1,11 +1,15 @@
-// Package store opens the one Badger database that the spool and the mailbox
-// store share, and provides group commit on top of it.
+// Package badger is the embedded storage engine: spool.Backend and
+// mailbox.Backend on one Badger database in the data directory, for a relay
+// that runs on one node. The spool's and the mailbox store's keys live side
+// by side (spool.go, mailbox.go), so that a local delivery (the mailbox
+// insert plus the recipient's state) is one transaction.
 //
-// Both packages keep their own key prefix in the same database so that a local
-// delivery (mailbox insert plus spool recipient state) commits in one
-// transaction. Badger is opened with SyncWrites off; durability before an
-// acknowledgement comes from DB.Sync, which batches concurrent callers into a
-// single fsync of the value log and the memtable WAL (group commit).
+// Badger is opened with SyncWrites off; durability before an acknowledgement
+// comes from DB.Sync, which batches concurrent callers into a single fsync
+// of the value log and the memtable WAL (group commit). Badger maps its files,
+// and a write into a sparse page of a full filesystem faults (SIGBUS) rather
+// than failing, so the files are preallocated (prealloc_linux.go) and the
+// server keeps Reserve bytes free before it writes.
 package badger
 
 import (
@@ -66,7 +70,38 @@ const ValueThreshold = 1 << 10
 // (tests), which must keep every value inline, can hold it too.
 const BodyChunk = 1<<20 - 1
 
-// Open opens (creating if needed) the database in dir.
+// The sizes of the files Badger maps, which the relay's reserve of free
+// disk space is computed from.
+const (
+	// memTableSize is Badger's MemTableSize: the memtable's arena, whose
+	// write-ahead log (a .mem file) is mapped at twice this size.
+	memTableSize = 32 << 20
+	// valueLogFileSize is Badger's ValueLogFileSize: a value-log file is
+	// finished past it, and each is mapped at twice this size.
+	valueLogFileSize = 16 << 20
+)
+
+// Reserve is the free space, in bytes, the store needs on its filesystem to
+// keep growing without a fault. Badger creates each file it maps by
+// truncating it to its full size, so that the file is sparse, and a write
+// into a page that the filesystem cannot back raises SIGBUS instead of
+// returning an error. Preallocate backs such files within one poll of their
+// creation; until it runs, the filesystem must hold what Badger may create
+// in the meantime:
+//   - the next memtable's write-ahead log, 2 x memTableSize;
+//   - the next value-log file, 2 x valueLogFileSize;
+//   - the level-0 table written when the full memtable is flushed, at most
+//     about memTableSize;
+//   - memTableSize more for compactions, which write their output tables
+//     before they delete their inputs, and the small DISCARD and MANIFEST
+//     files.
+//
+// Opening the database creates the first two at once, so Reserve is also
+// what `relay serve` needs free to start.
+const Reserve = 2*memTableSize + 2*valueLogFileSize + 2*memTableSize
+
+// Open opens (creating if needed) the database in dir and backs its mapped
+// files with disk blocks (see Preallocate).
 func Open(dir string, o Options) (*DB, error) {
 	bo := bdg.DefaultOptions(dir).
 		WithInMemory(o.InMemory).
@@ -74,7 +109,7 @@ func Open(dir string, o Options) (*DB, error) {
 		WithValueThreshold(ValueThreshold).
 		// Sized for a 2-core machine with a few GiB of RAM: the defaults
 		// reserve several hundred MiB for memtables and the block cache.
-		WithMemTableSize(32 << 20).
+		WithMemTableSize(memTableSize).
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(3).
 		WithNumLevelZeroTablesStall(8).
@@ -87,7 +122,7 @@ func Open(dir string, o Options) (*DB, error) {
 		// the one being written (twice its size), and garbage collection
 		// rewrites a file at a time. 16 MiB against 64 MiB: one writer's
 		// enqueue+sync 1700-1930 -> 2149-2703 msgs/s (BenchmarkEnqueue).
-		WithValueLogFileSize(16 << 20).
+		WithValueLogFileSize(valueLogFileSize).
 		WithNumCompactors(2).
 		WithMetricsEnabled(false).
 		WithLogger(badgerLogger{o.Logger})
@@ -106,8 +141,33 @@ func Open(dir string, o Options) (*DB, error) {
 	if o.Sync == SyncGroup {
 		db.syncer = newGroupSyncer(bdb.Sync)
 	}
+	// The files Badger just made (a memtable log, a value-log file) are
+	// sparse; a failure here is not fatal, the caller's next poll retries.
+	if err := db.Preallocate(); err != nil && o.Logger != nil {
+		o.Logger.Warn("preallocating database files failed", "error", err)
+	}
 	return db, nil
 }
+
+// Preallocate gives every file Badger maps in the database directory (memtable
+// logs, value-log files, tables, the discard file) the disk blocks it lacks,
+// so that no page Badger writes later can fault for want of space (see
+// Reserve). Call it often (the relay does every 500 ms): Badger creates
+// such files as it goes. It returns ErrNoSpace (wrapped) when the
+// filesystem had no room for a file, and ErrNoPrealloc when the filesystem
+// cannot preallocate at all.
+func (db *DB) Preallocate() error {
+	if db.Opts().InMemory {
+		return nil
+	}
+	return preallocateDir(db.Opts().Dir)
+}
+
+// Errors of Preallocate.
+var (
+	ErrNoSpace    = errors.New("no space left to back a database file")
+	ErrNoPrealloc = errors.New("the filesystem cannot preallocate files")
+)
 
 // Sync makes every transaction committed before the call durable. Under
 // SyncGroup, concurrent callers share one fsync.

@@ -1,6 +1,0 @@
-//go:build !linux
-
-package store
-
-// releaseCold does nothing outside Linux: MADV_PAGEOUT is Linux's.
-func (db *DB) releaseCold() (int, error) { return 0, nil }
