@@ -18,7 +18,8 @@ import (
 type Backend interface {
 	// Enqueue commits m, its body and the accepted event in one
 	// transaction and returns once all three are durable: synced to disk,
-	// or committed with synchronous commit. m.ID is set by the caller.
+	// or committed with synchronous commit. m.ID is set by the caller;
+	// m.Size, and an accepted event's Size, are set to the body's.
 	Enqueue(ctx context.Context, m *Message, body io.Reader, ev Event) error
 	// Get reads message id's envelope and recipients.
 	Get(ctx context.Context, id string) (*Message, error)
@@ -61,14 +62,16 @@ type Backend interface {
 	// Record appends events that change no state (attempts).
 	Record(ctx context.Context, evs ...Event) error
 	// LastEvents returns the newest n events, oldest first; EventsSince
-	// up to limit events timed at or after since, in time order; History
+	// up to limit events after the position (since, after) in (time,
+	// cursor) order, those timed at since included when after is empty;
+	// History
 	// the events of message id, oldest first. Each carries its Cursor, a
 	// unique position in the log. Events are kept for EventRetention.
 	// (Commits on several nodes, or concurrent ones on one, need not
 	// reach the log in time order, so a follower reads a little behind
 	// what it saw and skips the cursors it had.)
 	LastEvents(ctx context.Context, n int) ([]Event, error)
-	EventsSince(ctx context.Context, since time.Time, limit int) ([]Event, error)
+	EventsSince(ctx context.Context, since time.Time, after string, limit int) ([]Event, error)
 	History(ctx context.Context, id string) ([]Event, error)
 
 	// QueueChanged returns a channel closed at the next change of due
@@ -98,6 +101,10 @@ type Effects struct {
 	// same commit: local delivery. A recipient marked delivered and its
 	// copy in the mailbox commit together or not at all.
 	File *Filing
+	// KeepLease keeps the update's lease after the commit, for a delivery
+	// with a further step (the remote recipients after the local ones);
+	// otherwise the update gives it back.
+	KeepLease bool
 }
 
 // Notice is a message queued by an Update, with its whole body.

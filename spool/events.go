@@ -112,7 +112,7 @@ func (s *Spool) stateEvents(before snapshot, m *Message) []Event {
 			continue
 		}
 		ev := Event{Time: now, ID: m.ID, Rcpt: r.Address, Attempt: r.Attempts, Relay: r.RemoteMTA,
-			Delay: now.Sub(m.Arrived).Round(time.Millisecond).Seconds(), Status: r.LastError}
+			Delay: now.Sub(m.Arrived).Round(time.Millisecond).Seconds(), Status: r.Reply.String()}
 		switch {
 		case r.State == Delivered:
 			ev.Event = EventDelivered
@@ -216,12 +216,11 @@ func (s *Spool) Tail(ctx context.Context, n int, follow bool, fn func(Event) err
 		case <-changed:
 		}
 		changed = s.b.EventsChanged()
-		// Page through the window by time: each page starts at the
-		// last time the one before reached, so a page of events seen
-		// already cannot stall the follower.
-		since := mark.Add(-tailLookback)
+		// Page through the window in (time, cursor) order: each page
+		// starts after the last event of the one before.
+		since, after := mark.Add(-tailLookback), ""
 		for {
-			evs, err := s.b.EventsSince(ctx, since, tailPage)
+			evs, err := s.b.EventsSince(ctx, since, after, tailPage)
 			if err != nil {
 				return err
 			}
@@ -237,10 +236,10 @@ func (s *Spool) Tail(ctx context.Context, n int, follow bool, fn func(Event) err
 					return err
 				}
 			}
-			if len(evs) < tailPage || !evs[len(evs)-1].Time.After(since) {
+			if len(evs) < tailPage {
 				break
 			}
-			since = evs[len(evs)-1].Time
+			since, after = evs[len(evs)-1].Time, evs[len(evs)-1].Cursor
 		}
 		for c, t := range seen {
 			if t.Before(mark.Add(-2 * tailLookback)) {

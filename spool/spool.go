@@ -69,7 +69,10 @@ type Recipient struct {
 	State       State     `json:"state"`
 	Attempts    int       `json:"attempts"`
 	NextAttempt time.Time `json:"next_attempt"`
-	LastError   string    `json:"last_error"`
+	// Reply is the last attempt's reply: why the recipient waits or
+	// failed (zero when delivered or not yet tried). In JSON it comes
+	// rendered as "last_error" too (MarshalJSON).
+	Reply Reply `json:"reply,omitzero"`
 	// RemoteMTA is the host that gave the last answer, for DSNs.
 	RemoteMTA string `json:"remote_mta,omitempty"`
 	// DelayNotified records that the sender was told of a delay, which
@@ -204,10 +207,9 @@ func (s *Spool) Enqueue(m *Message, body io.Reader) error {
 		return err
 	}
 	// The accepted event carries the size, known once the body is read:
-	// the engine fills m.Size before it writes the event.
+	// the engine fills it in before it writes the event.
 	ev := acceptedEvent(m, now)
-	cr := &countingReader{r: body}
-	if err := s.b.Enqueue(ctx, m, cr, ev); err != nil {
+	if err := s.b.Enqueue(ctx, m, body, ev); err != nil {
 		return fmt.Errorf("enqueue %s: %w", m.ID, err)
 	}
 	// Published only once durable: the mail log never reports as accepted
@@ -215,18 +217,6 @@ func (s *Spool) Enqueue(m *Message, body io.Reader) error {
 	ev.Size = m.Size
 	s.publish([]Event{ev})
 	return nil
-}
-
-// countingReader counts what it passes.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // Notice builds a message for Effects.Notices: a new queued message with

@@ -369,6 +369,11 @@ type queued struct {
 		Attempts    int       `json:"attempts"`
 		NextAttempt time.Time `json:"next_attempt"`
 		LastError   string    `json:"last_error"`
+		Reply       struct {
+			Code     int    `json:"code"`
+			Enhanced string `json:"enhanced"`
+			Text     string `json:"text"`
+		} `json:"reply"`
 	} `json:"recipients"`
 }
 
@@ -583,6 +588,13 @@ func TestQueueListShow(t *testing.T) {
 		for _, r := range m.Recipients {
 			if r.State == "pending" && (r.LastError == "" || !r.NextAttempt.After(time.Now())) {
 				t.Errorf("deferred recipient %+v: want the last error and a later next attempt", r)
+			}
+			// The reply, typed and rendered for scripts, names the peer
+			// and says nothing of Go's dial error.
+			const refused = "connection refused by 127.0.0.1[127.0.0.1]:1"
+			if r.State == "pending" && (r.LastError != "451 4.4.1 "+refused ||
+				r.Reply.Code != 451 || r.Reply.Enhanced != "4.4.1" || r.Reply.Text != refused) {
+				t.Errorf("deferred recipient %+v: want last_error and reply 451 4.4.1 %s", r, refused)
 			}
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -98,12 +99,10 @@ func ok(remoteDSN bool) deliver.Outcome {
 	return deliver.Outcome{RemoteMTA: mta, RemoteDSN: remoteDSN}
 }
 
-func tempFail(reply string) deliver.Outcome {
-	return deliver.Outcome{Err: errors.New(reply), RemoteMTA: mta}
-}
-
-func permFail(reply string) deliver.Outcome {
-	return deliver.Outcome{Err: errors.New(reply), Permanent: true, RemoteMTA: mta}
+// fail is a failed attempt with the reply code, enhanced, text from mta:
+// permanent for a 5yz code.
+func fail(code int, enhanced, text string) deliver.Outcome {
+	return deliver.Outcome{Reply: spool.NewReply(code, enhanced, text), RemoteMTA: mta}
 }
 
 // by answers per recipient address; others get def.
@@ -351,7 +350,7 @@ func TestRetrySchedule(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	addUsers(t, e.boxes, alice)
-	fr := newRemote(e, func(spool.Recipient, int) deliver.Outcome { return tempFail("451 4.2.0 mailbox busy") })
+	fr := newRemote(e, func(spool.Recipient, int) deliver.Outcome { return fail(451, "4.2.0", "mailbox busy") })
 	l := e.start(t, defaultRetry, fr)
 	arrived := e.clock.Now()
 	id := send(t, e.sp, alice, spool.MailParams{}, plan, to(bob))
@@ -368,7 +367,7 @@ func TestRetrySchedule(t *testing.T) {
 		if left {
 			break
 		}
-		if r.Attempts != n || r.State != spool.Pending || r.LastError != "451 4.2.0 mailbox busy" || r.RemoteMTA != mta {
+		if r.Attempts != n || r.State != spool.Pending || r.Reply != spool.NewReply(451, "4.2.0", "mailbox busy") || r.RemoteMTA != mta {
 			t.Fatalf("after attempt %d: %+v", n, r)
 		}
 		base := min(5*time.Minute<<min(n-1, 10), time.Hour)
@@ -445,7 +444,7 @@ func TestRetrySchedule(t *testing.T) {
 func TestNoticeMessageIDsUnique(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	fr := newRemote(e, acceptNotices(by(tempFail("451 4.2.0 busy"), nil)))
+	fr := newRemote(e, acceptNotices(by(fail(451, "4.2.0", "busy"), nil)))
 	l := e.start(t, shortRetry, fr)
 	id := send(t, e.sp, far, spool.MailParams{}, plan, to(bob))
 	drive(t, e, l, id, bob)
@@ -479,9 +478,9 @@ func TestPermanentFailureBouncesAtOnce(t *testing.T) {
 	fr := newRemote(e, func(rc spool.Recipient, n int) deliver.Outcome {
 		switch {
 		case rc.Address == bob:
-			return permFail("550 5.1.1 no such user")
+			return fail(550, "5.1.1", "no such user")
 		case rc.Address == carol && n == 1:
-			return tempFail("451 4.3.0 later")
+			return fail(451, "4.3.0", "later")
 		}
 		return ok(false)
 	})
@@ -540,20 +539,20 @@ func TestNotify(t *testing.T) {
 		answer  func(spool.Recipient, int) deliver.Outcome
 		actions []string // notices the sender gets, by action
 	}{
-		{"NEVER, 5xx", to(bob, "NEVER"), by(permFail("550 5.1.1 no"), nil), nil},
-		{"NEVER, expired", to(bob, "NEVER"), by(tempFail("451 4.2.0 busy"), nil), nil},
-		{"default, expired", to(bob), by(tempFail("451 4.2.0 busy"), nil), []string{"delayed", "failed"}},
-		{"FAILURE, expired", to(bob, "FAILURE"), by(tempFail("451 4.2.0 busy"), nil), []string{"failed"}},
-		{"DELAY, expired", to(bob, "DELAY"), by(tempFail("451 4.2.0 busy"), nil), []string{"delayed"}},
-		{"DELAY,FAILURE, 5xx", to(bob, "DELAY", "FAILURE"), by(permFail("550 5.1.1 no"), nil), []string{"failed"}},
+		{"NEVER, 5xx", to(bob, "NEVER"), by(fail(550, "5.1.1", "no"), nil), nil},
+		{"NEVER, expired", to(bob, "NEVER"), by(fail(451, "4.2.0", "busy"), nil), nil},
+		{"default, expired", to(bob), by(fail(451, "4.2.0", "busy"), nil), []string{"delayed", "failed"}},
+		{"FAILURE, expired", to(bob, "FAILURE"), by(fail(451, "4.2.0", "busy"), nil), []string{"failed"}},
+		{"DELAY, expired", to(bob, "DELAY"), by(fail(451, "4.2.0", "busy"), nil), []string{"delayed"}},
+		{"DELAY,FAILURE, 5xx", to(bob, "DELAY", "FAILURE"), by(fail(550, "5.1.1", "no"), nil), []string{"failed"}},
 		{"default, success", to(bob), by(ok(false), nil), nil},
 		{"SUCCESS, remote without DSN", to(bob, "SUCCESS"), by(ok(false), nil), []string{"relayed"}},
 		{"SUCCESS, remote with DSN", to(bob, "SUCCESS"), by(ok(true), nil), nil},
-		{"SUCCESS, 5xx", to(bob, "SUCCESS"), by(permFail("550 5.1.1 no"), nil), nil},
+		{"SUCCESS, 5xx", to(bob, "SUCCESS"), by(fail(550, "5.1.1", "no"), nil), nil},
 		{"SUCCESS, local", to("ann@example.test", "SUCCESS"), by(ok(false), nil), []string{"delivered"}},
 		{"SUCCESS,DELAY, late success", to(bob, "SUCCESS", "DELAY"), func(_ spool.Recipient, n int) deliver.Outcome {
 			if n < 5 {
-				return tempFail("451 4.2.0 busy")
+				return fail(451, "4.2.0", "busy")
 			}
 			return ok(false)
 		}, []string{"delayed", "relayed"}},
@@ -589,7 +588,7 @@ func TestNotify(t *testing.T) {
 func TestNullSenderGetsNoNotice(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	fr := newRemote(e, by(permFail("550 5.1.1 no such user"), map[string]deliver.Outcome{carol: tempFail("451 4.2.0 busy")}))
+	fr := newRemote(e, by(fail(550, "5.1.1", "no such user"), map[string]deliver.Outcome{carol: fail(451, "4.2.0", "busy")}))
 	l := e.start(t, shortRetry, fr)
 	id := send(t, e.sp, "", spool.MailParams{}, plan, to(bob), to(carol, "SUCCESS", "FAILURE", "DELAY"))
 	drive(t, e, l, id, carol)
@@ -617,7 +616,7 @@ func TestReturnedContent(t *testing.T) {
 		t.Run("RET="+tc.ret, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
-			fr := newRemote(e, acceptNotices(by(tempFail("451 4.2.0 busy"), map[string]deliver.Outcome{carol: permFail("554 5.6.0 no")})))
+			fr := newRemote(e, acceptNotices(by(fail(451, "4.2.0", "busy"), map[string]deliver.Outcome{carol: fail(554, "5.6.0", "no")})))
 			l := e.start(t, shortRetry, fr)
 			id := send(t, e.sp, far, spool.MailParams{Ret: tc.ret}, plan, to(bob), to(carol))
 			drive(t, e, l, id, bob)
@@ -646,7 +645,7 @@ func TestReturnedContent(t *testing.T) {
 func TestEnvelopeIDAndOriginalRecipient(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	fr := newRemote(e, acceptNotices(by(permFail("550 5.1.1 no such user"), nil)))
+	fr := newRemote(e, acceptNotices(by(fail(550, "5.1.1", "no such user"), nil)))
 	e.start(t, shortRetry, fr)
 	r1 := to(bob)
 	r1.ORcpt = "rfc822;Bob.Original@Remote.test"
@@ -671,7 +670,7 @@ func TestRemoteSenderNoticeQueued(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	const sender = "zed@far.test"
-	fr := newRemote(e, by(permFail("550 5.1.1 no such user"), map[string]deliver.Outcome{sender: permFail("550 5.1.1 gone too")}))
+	fr := newRemote(e, by(fail(550, "5.1.1", "no such user"), map[string]deliver.Outcome{sender: fail(550, "5.1.1", "gone too")}))
 	e.start(t, shortRetry, fr)
 	id := send(t, e.sp, sender, spool.MailParams{}, plan, to(bob))
 	settle(t, e)
@@ -695,7 +694,7 @@ func TestRemoteSenderNoticeQueued(t *testing.T) {
 func TestRetryResumesAfterRestart(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	fr := newRemote(e, by(tempFail("421 4.4.2 closing"), nil))
+	fr := newRemote(e, by(fail(421, "4.4.2", "closing"), nil))
 	cfg := defaultRetry
 	cfg.Domains, cfg.Hostname = []string{"example.test"}, "relay.example.test"
 	stop := run(t, deliver.New(cfg, e.sp, e.boxes, fr, nil))
@@ -726,7 +725,7 @@ func TestFlushMakesDueNow(t *testing.T) {
 	e := newEnv(t)
 	fr := newRemote(e, func(_ spool.Recipient, n int) deliver.Outcome {
 		if n == 1 {
-			return tempFail("451 4.2.0 busy")
+			return fail(451, "4.2.0", "busy")
 		}
 		return ok(false)
 	})
@@ -758,4 +757,147 @@ func TestExpiryWithoutRemote(t *testing.T) {
 		t.Fatalf("notices %d, want one failure", len(ns))
 	}
 	want(t, "failure", ns[0].perRcpt[0], map[string]string{"Status": "5.4.7", "Remote-MTA": ""})
+}
+
+// TestLocalFailureExpires: a local recipient whose delivery always fails
+// (the store errs before the commit) follows the same schedule as a remote
+// one: one delay notice after DelayNotice, a bounce with 5.4.7 after
+// Lifetime, a bounded number of attempts in between. The notices carry the
+// fixed reply for local trouble; the store's error goes to the log only.
+func TestLocalFailureExpires(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const dan = "dan@example.test"
+	addUsers(t, e.boxes, dan)
+	fr := newRemote(e, acceptNotices(by(ok(false), nil)))
+	cfg := shortRetry
+	cfg.Domains, cfg.Hostname = []string{"example.test"}, "relay.example.test"
+	var logged bytes.Buffer
+	var logMu sync.Mutex
+	l := deliver.New(cfg, e.sp, e.boxes, fr, slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logged}, nil)))
+	errInjected := errors.New("injected: value log write failed at /var/relay/000042.vlog")
+	l.SetBeforeCommit(func(string) error { return errInjected })
+	run(t, l)
+	arrived := e.clock.Now()
+	id := send(t, e.sp, far, spool.MailParams{}, plan, to(dan))
+
+	var last time.Time
+	attempts := 0
+	for n := 1; ; n++ {
+		if n > 20 {
+			t.Fatalf("%s still pending after %d attempts over %v; want a bounce after %v",
+				dan, n-1, e.clock.Now().Sub(arrived), cfg.Lifetime)
+		}
+		r, left := attempted(t, e.sp, id, dan, n)
+		last, attempts = e.clock.Now(), n
+		if left || r.State != spool.Pending {
+			break
+		}
+		if r.Reply != spool.LocalTrouble {
+			t.Fatalf("after attempt %d: reply %q, want %q", n, r.Reply, spool.LocalTrouble)
+		}
+		if due := last.Sub(arrived) >= cfg.DelayNotice; r.DelayNotified != due {
+			t.Errorf("after attempt %d at +%v: DelayNotified %v, want %v", n, last.Sub(arrived), r.DelayNotified, due)
+		}
+		e.clock.Advance(r.NextAttempt.Sub(last))
+		l.Kick()
+	}
+	if last.Sub(arrived) < cfg.Lifetime {
+		t.Errorf("bounced at +%v, before the lifetime of %v", last.Sub(arrived), cfg.Lifetime)
+	}
+	// 10, 20, then every 20 minutes ±10% until 2 h: 7 or 8 attempts.
+	if attempts < 6 || attempts > 9 {
+		t.Errorf("%d attempts in %v, want 7 or 8", attempts, cfg.Lifetime)
+	}
+	settle(t, e)
+	if n := len(inbox(t, e.boxes, dan)); n != 0 {
+		t.Errorf("%s has %d messages, want none", dan, n)
+	}
+
+	ns := sentNotices(t, fr)
+	var actions []string
+	for _, n := range ns {
+		actions = append(actions, n.action())
+	}
+	if !slices.Equal(actions, []string{"delayed", "failed"}) {
+		t.Fatalf("notices %v, want one delay notice, then one failure notice", actions)
+	}
+	want(t, "delay notice", ns[0].perRcpt[0], map[string]string{
+		"Final-Recipient": "rfc822; " + dan,
+		"Status":          "4.3.0",
+		"Diagnostic-Code": "smtp; 451 4.3.0 temporary local problem",
+		"Remote-MTA":      "",
+	})
+	want(t, "failure notice", ns[1].perRcpt[0], map[string]string{
+		"Final-Recipient":   "rfc822; " + dan,
+		"Status":            "5.4.7",
+		"Diagnostic-Code":   "smtp; 451 4.3.0 temporary local problem",
+		"Last-Attempt-Date": rfc1123(last),
+	})
+	for _, n := range ns {
+		if strings.Contains(n.raw, "injected") || strings.Contains(n.raw, "vlog") {
+			t.Errorf("%s notice carries the store's error:\n%s", n.action(), n.raw)
+		}
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if !strings.Contains(logged.String(), errInjected.Error()) {
+		t.Errorf("the store's error is not in the log:\n%s", logged.String())
+	}
+}
+
+// lockedWriter serializes writes to w: the loop logs from its workers.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (lw lockedWriter) Write(p []byte) (int, error) {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return lw.w.Write(p)
+}
+
+// TestRemoteReplyInNotice: the notices about a remote recipient carry the
+// remote server's reply as it came, code, enhanced code and text: the
+// Status is its enhanced code (the class alone when it gave none) and the
+// Diagnostic-Code the reply (RFC 3464 §2.3.4, §2.3.6).
+func TestRemoteReplyInNotice(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name         string
+		reply        spool.Reply
+		action       string
+		status, diag string
+	}{
+		{"permanent", spool.NewReply(550, "5.7.26", "Unauthenticated mail from a.test is not accepted; see https://b.test/spf"),
+			"failed", "5.7.26", "smtp; 550 5.7.26 Unauthenticated mail from a.test is not accepted; see https://b.test/spf"},
+		{"permanent, no enhanced code", spool.NewReply(554, "", "no thanks"), "failed", "5.0.0", "smtp; 554 no thanks"},
+		{"temporary", spool.NewReply(452, "4.2.2", "Mailbox full"), "delayed", "4.2.2", "smtp; 452 4.2.2 Mailbox full"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			fr := newRemote(e, acceptNotices(by(deliver.Outcome{Reply: tc.reply, RemoteMTA: mta}, nil)))
+			cfg := shortRetry
+			cfg.DelayNotice = time.Nanosecond // a notice at the first retry
+			l := e.start(t, cfg, fr)
+			id := send(t, e.sp, far, spool.MailParams{}, plan, to(bob))
+			if r, _ := attempted(t, e.sp, id, bob, 1); tc.action == "delayed" {
+				if r.Reply != tc.reply {
+					t.Errorf("recipient's reply %#v, want %#v", r.Reply, tc.reply)
+				}
+				e.clock.Advance(r.NextAttempt.Sub(e.clock.Now()))
+				l.Kick()
+			}
+			poll(t, "the notice", func() (bool, string) {
+				n := len(sentNotices(t, fr))
+				return n == 1, fmt.Sprintf("%d notices", n)
+			})
+			n := sentNotices(t, fr)[0]
+			want(t, n.action()+" notice", n.perRcpt[0], map[string]string{
+				"Action": tc.action, "Status": tc.status, "Diagnostic-Code": tc.diag, "Remote-MTA": "dns; " + mta,
+			})
+		})
+	}
 }

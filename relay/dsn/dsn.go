@@ -15,6 +15,8 @@ import (
 
 	"github.com/emersion/go-message"
 	"github.com/emersion/go-message/textproto"
+
+	"github.com/relaymail/relay/spool"
 )
 
 // Action is the RFC 3464 §2.3.3 action of a recipient.
@@ -33,9 +35,15 @@ type Recipient struct {
 	Address string // final recipient
 	ORcpt   string // ORCPT as "type;address", or empty
 	Action  Action
-	Status  string // enhanced status code, e.g. 5.1.1
-	// Diagnostic is the remote server's reply or our reason.
-	Diagnostic  string
+	// Reply is the recipient's last reply, the zero Reply for one
+	// delivered or relayed. Its enhanced code is the Status (RFC 3464
+	// §2.3.4) and the reply itself the Diagnostic-Code, "smtp; 550 5.1.1
+	// no such user" (§2.3.6).
+	Reply spool.Reply
+	// Expired says a failed recipient ran out of time while its replies
+	// were temporary: the Status is then 5.4.7, delivery time expired
+	// (RFC 3463 §3.5), and Reply the last of them.
+	Expired     bool
 	RemoteMTA   string
 	LastAttempt time.Time
 	// WillRetryUntil is set for delayed recipients.
@@ -60,15 +68,15 @@ type Report struct {
 	Now time.Time
 }
 
-// StatusOf picks the enhanced status code out of an SMTP reply such as
-// "550 5.1.1 no such user"; def when there is none.
-func StatusOf(reply, def string) string {
-	for _, f := range strings.Fields(reply) {
-		if len(f) >= 5 && (f[0] == '2' || f[0] == '4' || f[0] == '5') && f[1] == '.' && strings.Count(f, ".") == 2 {
-			return strings.TrimRight(f, ".,;:")
-		}
+// status is the enhanced status code reported for rc.
+func status(rc Recipient) string {
+	switch {
+	case rc.Expired:
+		return "5.4.7"
+	case rc.Reply.IsZero() && (rc.Action == Delivered || rc.Action == Relayed):
+		return "2.0.0"
 	}
-	return def
+	return rc.Reply.Status()
 }
 
 // ErrNoRecipients is Build's answer to a report on nobody.
@@ -182,7 +190,11 @@ func humanText(r *Report) string {
 		b.WriteString("I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients.\r\n\r\n")
 	}
 	for _, rc := range r.Recipients {
-		fmt.Fprintf(&b, "<%s>: %s\r\n", rc.Address, oneLine(rc.Diagnostic))
+		why := rc.Reply.String()
+		if rc.Expired {
+			why = "delivery time expired; last reply: " + why
+		}
+		fmt.Fprintf(&b, "<%s>: %s\r\n", rc.Address, oneLine(why))
 	}
 	return b.String()
 }
@@ -217,12 +229,12 @@ func writeStatus(w io.Writer, r *Report) error {
 		}
 		f = append(f, [2]string{"Final-Recipient", typ + "; " + rc.Address},
 			[2]string{"Action", string(rc.Action)},
-			[2]string{"Status", rc.Status})
+			[2]string{"Status", oneLine(status(rc))})
 		if rc.RemoteMTA != "" {
 			f = append(f, [2]string{"Remote-MTA", "dns; " + rc.RemoteMTA})
 		}
-		if rc.Diagnostic != "" {
-			f = append(f, [2]string{"Diagnostic-Code", "smtp; " + oneLine(rc.Diagnostic)})
+		if !rc.Reply.IsZero() {
+			f = append(f, [2]string{"Diagnostic-Code", "smtp; " + oneLine(rc.Reply.String())})
 		}
 		if !rc.LastAttempt.IsZero() {
 			f = append(f, [2]string{"Last-Attempt-Date", rc.LastAttempt.Format(time.RFC1123Z)})
@@ -273,7 +285,7 @@ func clean(r *Report) *Report {
 	}
 	c.Recipients = make([]Recipient, len(r.Recipients))
 	for i, rc := range r.Recipients {
-		for _, p := range []*string{&rc.Address, &rc.ORcpt, &rc.Status, &rc.Diagnostic, &rc.RemoteMTA} {
+		for _, p := range []*string{&rc.Address, &rc.ORcpt, &rc.RemoteMTA} {
 			*p = oneLine(*p)
 		}
 		rc.Action = Action(oneLine(string(rc.Action)))

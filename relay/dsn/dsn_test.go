@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-message/textproto"
 
 	"github.com/relaymail/relay/relay/dsn"
+	"github.com/relaymail/relay/spool"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/dsn")
@@ -163,10 +164,10 @@ func failedReport(ret string) *dsn.Report {
 		ReportingMTA: "relay.a.test", To: "alice@a.test", QueueID: "01JQUEUEID", EnvID: "env-77",
 		Arrived: arrived, Ret: ret, Now: now,
 		Recipients: []dsn.Recipient{
-			{Address: "bob@b.test", ORcpt: "rfc822;Bob@B.test", Action: dsn.Failed, Status: "5.1.1",
-				Diagnostic: "550 5.1.1 no such user", RemoteMTA: "mx.b.test", LastAttempt: now},
-			{Address: "carol@c.test", Action: dsn.Failed, Status: "5.4.7",
-				Diagnostic:  "4.4.7 message expired after 120h0m0s; last error: 451 4.4.1 connect to mx.c.test:25:\r\n  connection refused",
+			{Address: "bob@b.test", ORcpt: "rfc822;Bob@B.test", Action: dsn.Failed,
+				Reply: spool.NewReply(550, "5.1.1", "no such user"), RemoteMTA: "mx.b.test", LastAttempt: now},
+			{Address: "carol@c.test", Action: dsn.Failed, Expired: true,
+				Reply:       spool.TempReply("4.4.1", "connection refused by\r\n  mx.c.test[192.0.2.25]:25"),
 				LastAttempt: now},
 		},
 	}
@@ -188,7 +189,7 @@ func TestFailedHeadersOnly(t *testing.T) {
 		t.Errorf("parts %s, %s, %s; want text/plain, message/delivery-status, text/rfc822-headers",
 			r.parts[0].mediaType, r.parts[1].mediaType, r.parts[2].mediaType)
 	}
-	for _, want := range []string{"relay.a.test", "<bob@b.test>: 550 5.1.1 no such user", "<carol@c.test>: 4.4.7 message expired"} {
+	for _, want := range []string{"relay.a.test", "<bob@b.test>: 550 5.1.1 no such user", "<carol@c.test>: delivery time expired; last reply: 451 4.4.1 connection refused by mx.c.test[192.0.2.25]:25"} {
 		if !strings.Contains(string(r.parts[0].body), want) {
 			t.Errorf("human-readable part lacks %q:\n%s", want, r.parts[0].body)
 		}
@@ -218,8 +219,8 @@ func TestFailedHeadersOnly(t *testing.T) {
 		"Action":             "failed",
 		"Status":             "5.4.7",
 		"Remote-MTA":         "",
-		// A multi-line reason is folded into one line.
-		"Diagnostic-Code": "smtp; 4.4.7 message expired after 120h0m0s; last error: 451 4.4.1 connect to mx.c.test:25: connection refused",
+		// The last reply, a multi-line one folded into one line.
+		"Diagnostic-Code": "smtp; 451 4.4.1 connection refused by mx.c.test[192.0.2.25]:25",
 	})
 	hdr := original[:strings.Index(original, "\r\n\r\n")+4]
 	if string(r.parts[2].body) != hdr {
@@ -248,8 +249,8 @@ func TestFailedFull(t *testing.T) {
 func TestDelayed(t *testing.T) {
 	rep := &dsn.Report{
 		ReportingMTA: "relay.a.test", To: "alice@a.test", QueueID: "01JQUEUEID", Arrived: arrived, Now: now, Ret: "HDRS",
-		Recipients: []dsn.Recipient{{Address: "bob@b.test", Action: dsn.Delayed, Status: "4.4.1",
-			Diagnostic: "451 4.4.1 connect to mx.b.test:25: connection refused", RemoteMTA: "mx.b.test",
+		Recipients: []dsn.Recipient{{Address: "bob@b.test", Action: dsn.Delayed,
+			Reply: spool.TempReply("4.4.1", "connection refused by mx.b.test[192.0.2.25]:25"), RemoteMTA: "mx.b.test",
 			LastAttempt: now, WillRetryUntil: arrived.Add(5 * 24 * time.Hour)}},
 	}
 	raw := build(t, rep, original)
@@ -266,7 +267,7 @@ func TestDelayed(t *testing.T) {
 		"Action":           "delayed",
 		"Status":           "4.4.1",
 		"Will-Retry-Until": "Fri, 06 Mar 2026 12:00:00 +0000",
-		"Diagnostic-Code":  "smtp; 451 4.4.1 connect to mx.b.test:25: connection refused",
+		"Diagnostic-Code":  "smtp; 451 4.4.1 connection refused by mx.b.test[192.0.2.25]:25",
 	})
 }
 
@@ -274,8 +275,8 @@ func TestRelayedAndDelivered(t *testing.T) {
 	rep := &dsn.Report{
 		ReportingMTA: "relay.a.test", To: "alice@a.test", QueueID: "01JQUEUEID", Arrived: arrived, Now: now, Ret: "HDRS",
 		Recipients: []dsn.Recipient{
-			{Address: "bob@b.test", Action: dsn.Relayed, Status: "2.0.0", RemoteMTA: "mx.b.test", LastAttempt: now},
-			{Address: "ann@a.test", Action: dsn.Delivered, Status: "2.0.0", LastAttempt: now},
+			{Address: "bob@b.test", Action: dsn.Relayed, RemoteMTA: "mx.b.test", LastAttempt: now},
+			{Address: "ann@a.test", Action: dsn.Delivered, LastAttempt: now},
 		},
 	}
 	raw := build(t, rep, original)
@@ -294,8 +295,8 @@ func TestUTF8(t *testing.T) {
 	for _, ret := range []string{"HDRS", "FULL"} {
 		rep := &dsn.Report{
 			ReportingMTA: "relay.a.test", To: "jöran@a.test", QueueID: "01JQUEUEID", Arrived: arrived, Now: now, Ret: ret, UTF8: true,
-			Recipients: []dsn.Recipient{{Address: "zoë@b.test", ORcpt: "utf-8;zoë@b.test", Action: dsn.Failed, Status: "5.1.1",
-				Diagnostic: "550 5.1.1 unknown", RemoteMTA: "mx.b.test", LastAttempt: now}},
+			Recipients: []dsn.Recipient{{Address: "zoë@b.test", ORcpt: "utf-8;zoë@b.test", Action: dsn.Failed,
+				Reply: spool.NewReply(550, "5.1.1", "unknown"), RemoteMTA: "mx.b.test", LastAttempt: now}},
 		}
 		raw := build(t, rep, originalUTF8)
 		golden(t, "utf8-"+strings.ToLower(ret)+".eml", raw)
@@ -324,21 +325,27 @@ func TestHeaderOnlyOriginal(t *testing.T) {
 	}
 }
 
-func TestStatusOf(t *testing.T) {
-	for _, tc := range []struct{ reply, def, want string }{
-		{"550 5.1.1 no such user", "5.0.0", "5.1.1"},
-		{"451 4.4.1 connect to x: refused", "4.0.0", "4.4.1"},
-		{"4.4.7 message expired after 120h0m0s; last error: 451 4.2.0 busy", "5.0.0", "4.4.7"},
-		{"554 5.7.1, rejected", "5.0.0", "5.7.1"},
-		{"550 no such user", "5.0.0", "5.0.0"},
-		{"", "4.0.0", "4.0.0"},
-		{"250 2.0.0 ok", "", "2.0.0"},
-		{"550 version 1.2.3 of the filter said no", "5.0.0", "5.0.0"},
-		{"550 5.1.10 null MX", "5.0.0", "5.1.10"},
-		{"556 5.1.10 b.test does not accept mail (null MX)", "5.0.0", "5.1.10"},
+// TestStatusFromReply: the Status is the reply's enhanced code, or its
+// class when the server gave none; the Diagnostic-Code is the reply as
+// received (RFC 3464 §2.3.4, §2.3.6).
+func TestStatusFromReply(t *testing.T) {
+	for _, tc := range []struct {
+		action       dsn.Action
+		reply        spool.Reply
+		expired      bool
+		status, diag string
+	}{
+		{dsn.Failed, spool.NewReply(550, "5.1.1", "no such user"), false, "5.1.1", "smtp; 550 5.1.1 no such user"},
+		{dsn.Failed, spool.NewReply(550, "", "no such user"), false, "5.0.0", "smtp; 550 no such user"},
+		{dsn.Failed, spool.NewReply(556, "5.1.10", "b.test does not accept mail (null MX)"), false, "5.1.10", "smtp; 556 5.1.10 b.test does not accept mail (null MX)"},
+		{dsn.Failed, spool.NewReply(421, "", "closing"), true, "5.4.7", "smtp; 421 closing"},
+		{dsn.Delayed, spool.NewReply(421, "", "closing"), false, "4.0.0", "smtp; 421 closing"},
+		{dsn.Delayed, spool.TempReply("4.3.0", "temporary local problem"), false, "4.3.0", "smtp; 451 4.3.0 temporary local problem"},
+		{dsn.Relayed, spool.Reply{}, false, "2.0.0", ""},
 	} {
-		if got := dsn.StatusOf(tc.reply, tc.def); got != tc.want {
-			t.Errorf("StatusOf(%q, %q) = %q, want %q", tc.reply, tc.def, got, tc.want)
-		}
+		rep := failedReport("HDRS")
+		rep.Recipients = []dsn.Recipient{{Address: "bob@b.test", Action: tc.action, Reply: tc.reply, Expired: tc.expired}}
+		r := parse(t, build(t, rep, original))
+		fields(t, tc.reply.String(), r.perRcpt[0], map[string]string{"Status": tc.status, "Diagnostic-Code": tc.diag})
 	}
 }

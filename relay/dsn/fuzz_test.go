@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-message/textproto"
 
 	"github.com/relaymail/relay/relay/dsn"
+	"github.com/relaymail/relay/spool"
 )
 
 // The fields each header section of a notice may hold: anything else in
@@ -44,8 +45,8 @@ func FuzzBuild(f *testing.F) {
 		if flags&2 != 0 {
 			rep.Ret = "FULL"
 		}
-		rc := dsn.Recipient{Address: rcpt, ORcpt: orcpt, Action: actions[flags>>2&3], Status: dsn.StatusOf(diag, "5.0.0"),
-			Diagnostic: diag, RemoteMTA: host, LastAttempt: now}
+		rc := dsn.Recipient{Address: rcpt, ORcpt: orcpt, Action: actions[flags>>2&3], Reply: spool.NewReply(550, envid, diag),
+			Expired: flags&64 != 0, RemoteMTA: host, LastAttempt: now}
 		rep.Recipients = []dsn.Recipient{rc}
 		if flags&16 != 0 {
 			rep.Recipients = append(rep.Recipients, rc)

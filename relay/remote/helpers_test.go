@@ -19,11 +19,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaymail/relay/internal/testkit"
+
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/miekg/dns"
 
-	"github.com/relaymail/relay/internal/store"
 	"github.com/relaymail/relay/internal/tlsconf"
 	"github.com/relaymail/relay/relay/deliver"
 	"github.com/relaymail/relay/relay/remote"
@@ -427,12 +428,8 @@ type queue struct {
 
 func newQueue(t *testing.T) *queue {
 	t.Helper()
-	db, err := store.Open(t.TempDir(), store.Options{Sync: store.SyncNone})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return &queue{sp: spool.New(db, nil)}
+	engine, _ := testkit.Badger(t, nil)
+	return &queue{sp: spool.New(engine, nil)}
 }
 
 // add queues body from alice@a.test to rcpts (after edit has set params)
@@ -521,20 +518,20 @@ func deliverNow(t *testing.T, tr *remote.Transport, m *spool.Message, rcpts ...i
 
 // describe renders an outcome for failure messages.
 func describe(o deliver.Outcome) string {
-	if o.Err == nil {
+	if o.Reply.IsZero() {
 		return fmt.Sprintf("delivered (remote %q, dsn %v)", o.RemoteMTA, o.RemoteDSN)
 	}
 	kind := "temporary"
-	if o.Permanent {
+	if o.Reply.Permanent {
 		kind = "permanent"
 	}
-	return fmt.Sprintf("%s %q (remote %q)", kind, o.Err, o.RemoteMTA)
+	return fmt.Sprintf("%s %q (remote %q)", kind, o.Reply, o.RemoteMTA)
 }
 
 // checkOK fails unless o is a success.
 func checkOK(t *testing.T, what string, o deliver.Outcome) {
 	t.Helper()
-	if o.Err != nil {
+	if !o.Reply.IsZero() {
 		t.Errorf("%s: %s, want delivered", what, describe(o))
 	}
 }
@@ -543,7 +540,7 @@ func checkOK(t *testing.T, what string, o deliver.Outcome) {
 // want.
 func checkFail(t *testing.T, what string, o deliver.Outcome, permanent bool, want string) {
 	t.Helper()
-	if o.Err == nil || o.Permanent != permanent || !strings.Contains(o.Err.Error(), want) {
+	if o.Reply.IsZero() || o.Reply.Permanent != permanent || !strings.Contains(o.Reply.String(), want) {
 		kind := "temporary"
 		if permanent {
 			kind = "permanent"

@@ -5,9 +5,15 @@
 // (RFC 3461), sends the recipients of one destination in one transaction,
 // and keeps connections open for the next message to the same place.
 //
-// Failures come back per recipient, classified: a 5xx reply or a null MX is
-// permanent; a 4xx, a refused or dropped connection, a timeout or a DNS
-// SERVFAIL is temporary and will be retried.
+// Failures come back per recipient as a spool.Reply: the remote server's
+// own (code, enhanced code and text as it sent them), or, for a failure
+// that is no reply, a fixed text that says what failed and where, with the
+// enhanced code of its kind (RFC 3463): 4.4.1 no answer (a refused or
+// unanswered connection), 4.4.2 a connection that broke or timed out,
+// 4.4.3 a DNS failure, 5.1.10 a null MX (RFC 7505), 5.1.2 a domain without
+// MX or address. The Go error behind such a reply goes to the log only. A
+// 5xx reply, a null MX or a domain that does not exist is permanent; the
+// rest is temporary and will be retried.
 package remote
 
 import (
@@ -21,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -69,7 +76,8 @@ type Transport struct {
 
 type pooled struct {
 	c     *smtp.Client
-	host  string
+	host  string // HOST:PORT as routed
+	peer  string // HOST[IP]:PORT, for replies and the log
 	dsn   bool
 	since time.Time
 }
@@ -108,35 +116,85 @@ func New(cfg Config, sp *spool.Spool, log *slog.Logger) *Transport {
 	return t
 }
 
-// failure is an outcome with its reply text.
-type failure struct {
-	msg       string
-	permanent bool
+// temp returns a temporary failure with the relay's own text; its
+// arguments are names (hosts, domains), never Go error text.
+func temp(enhanced, format string, a ...any) *spool.Reply {
+	r := spool.TempReply(enhanced, fmt.Sprintf(format, a...))
+	return &r
 }
 
-func (f *failure) Error() string { return f.msg }
-
-func temp(format string, a ...any) *failure { return &failure{msg: fmt.Sprintf(format, a...)} }
+// perm returns a permanent failure with the relay's own text.
+func perm(code int, enhanced, format string, a ...any) *spool.Reply {
+	r := spool.NewReply(code, enhanced, fmt.Sprintf(format, a...))
+	return &r
+}
 
 // errBusy means every connection to the destination stayed in use for
 // SlotWait: nothing was tried.
-var errBusy = &failure{msg: "451 4.4.5 destination busy"}
+var errBusy = temp("4.4.5", "destination busy")
 
-func perm(format string, a ...any) *failure {
-	return &failure{msg: fmt.Sprintf(format, a...), permanent: true}
+// fromSMTP turns an error of the SMTP client at stage (MAIL, RCPT, ...)
+// with peer into the recipient's reply: the server's reply as it sent it,
+// or, when the server sent none (the connection broke or timed out), a
+// fixed 4.4.2 that names the peer and the stage, the error itself logged.
+func (t *Transport) fromSMTP(stage, peer string, err error) *spool.Reply {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) && se.Code >= 400 && se.Code < 600 {
+		r := spool.NewReply(se.Code, enhancedCode(se.EnhancedCode), se.Message)
+		return &r
+	}
+	t.log.Info("remote delivery failed", "host", peer, "stage", stage, "error", err)
+	switch {
+	case se != nil:
+		// RFC 5321 §4.2: a reply other than 4yz or 5yz where those or
+		// success were due leaves the outcome unknown; try again.
+		return temp("4.5.0", "unexpected reply %d to %s from %s", se.Code, stage, peer)
+	case isTimeout(err):
+		return temp("4.4.2", "timeout during %s with %s", stage, peer)
+	default:
+		return temp("4.4.2", "connection with %s failed during %s", peer, stage)
+	}
 }
 
-// fromSMTP classifies an error from the SMTP client.
-func fromSMTP(stage string, err error) *failure {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		msg := fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
-		if se.EnhancedCode == smtp.NoEnhancedCode || se.EnhancedCode == smtp.EnhancedCodeNotSet {
-			msg = fmt.Sprintf("%d %s", se.Code, se.Message)
-		}
-		return &failure{msg: msg, permanent: se.Code >= 500}
+// enhancedCode renders an RFC 3463 code go-smtp parsed, "" for none.
+func enhancedCode(c smtp.EnhancedCode) string {
+	if c == smtp.NoEnhancedCode || c == smtp.EnhancedCodeNotSet {
+		return ""
 	}
-	return temp("4.4.2 %s: %v", stage, err)
+	return fmt.Sprintf("%d.%d.%d", c[0], c[1], c[2])
+}
+
+// dialReply is the reply for a connection that could not be made to hp.
+func (t *Transport) dialReply(hp string, err error) *spool.Reply {
+	t.log.Info("connect failed", "host", hp, "error", err)
+	var opErr *net.OpError
+	var addr net.Addr
+	if errors.As(err, &opErr) {
+		addr = opErr.Addr
+	}
+	peer := peerName(hp, addr)
+	var dnsErr *net.DNSError
+	switch {
+	case errors.As(err, &dnsErr):
+		return temp("4.4.3", "DNS lookup for %s failed", hostOnly(hp))
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return temp("4.4.1", "connection refused by %s", peer)
+	case isTimeout(err):
+		return temp("4.4.1", "no answer from %s", peer)
+	default:
+		return temp("4.4.1", "cannot connect to %s", peer)
+	}
+}
+
+// peerName names a peer as HOST[IP]:PORT, the host as routed (hp is
+// HOST:PORT) and the address it was reached at, when known.
+func peerName(hp string, addr net.Addr) string {
+	host, port, err := net.SplitHostPort(hp)
+	ta, ok := addr.(*net.TCPAddr)
+	if err != nil || !ok {
+		return hp
+	}
+	return fmt.Sprintf("%s[%s]:%s", host, ta.IP, port)
 }
 
 // route is where a domain's mail goes: explicit hosts, or MX lookup.
@@ -146,7 +204,7 @@ type route struct {
 	auth  bool     // smarthost with credentials
 }
 
-func (t *Transport) route(ctx context.Context, domain string) (*route, *failure) {
+func (t *Transport) route(ctx context.Context, domain string) (*route, *spool.Reply) {
 	if hp, ok := t.cfg.Transports[domain]; ok {
 		return &route{key: "transport:" + hp, hosts: []string{hp}}, nil
 	}
@@ -159,7 +217,7 @@ func (t *Transport) route(ctx context.Context, domain string) (*route, *failure)
 	switch {
 	case err == nil && len(mxs) == 1 && (mxs[0].Host == "." || mxs[0].Host == ""):
 		// RFC 7505: the domain accepts no mail at all.
-		return nil, perm("556 5.1.10 %s does not accept mail (null MX)", domain)
+		return nil, perm(556, "5.1.10", "%s does not accept mail (null MX)", domain)
 	case err == nil && len(mxs) > 0:
 		r := &route{key: "mx:" + domain}
 		for _, mx := range mxs {
@@ -172,16 +230,18 @@ func (t *Transport) route(ctx context.Context, domain string) (*route, *failure)
 		addrs, aerr := t.resolver.LookupIPAddr(ctx, domain)
 		if aerr != nil {
 			if errors.As(aerr, &dnsErr) && dnsErr.IsNotFound {
-				return nil, perm("550 5.1.2 %s: no MX or address records", domain)
+				return nil, perm(550, "5.1.2", "%s: no MX or address records", domain)
 			}
-			return nil, temp("451 4.4.3 DNS lookup for %s failed: %v", domain, aerr)
+			t.log.Info("DNS lookup failed", "domain", domain, "error", aerr)
+			return nil, temp("4.4.3", "DNS lookup for %s failed", domain)
 		}
 		if len(addrs) == 0 {
-			return nil, perm("550 5.1.2 %s: no MX or address records", domain)
+			return nil, perm(550, "5.1.2", "%s: no MX or address records", domain)
 		}
 		return &route{key: "mx:" + domain, hosts: []string{net.JoinHostPort(domain, port)}}, nil
 	default:
-		return nil, temp("451 4.4.3 DNS lookup for %s failed: %v", domain, err)
+		t.log.Info("DNS lookup failed", "domain", domain, "error", err)
+		return nil, temp("4.4.3", "DNS lookup for %s failed", domain)
 	}
 }
 
@@ -191,7 +251,7 @@ func (t *Transport) Deliver(ctx context.Context, m *spool.Message, rcpts []int, 
 	// Route each domain once, then group recipients by destination, so
 	// three domains behind one smarthost are one transaction.
 	routes := map[string]*route{}
-	fails := map[string]*failure{}
+	fails := map[string]*spool.Reply{}
 	groups := map[string][]int{} // route key -> positions in rcpts
 	var order []string
 	for j, i := range rcpts {
@@ -235,10 +295,10 @@ func (t *Transport) Deliver(ctx context.Context, m *spool.Message, rcpts []int, 
 	return out
 }
 
-func outcome(f *failure, remote string, remoteDSN bool) deliver.Outcome {
+func outcome(f *spool.Reply, remote string, remoteDSN bool) deliver.Outcome {
 	o := deliver.Outcome{RemoteMTA: remote, RemoteDSN: remoteDSN}
 	if f != nil {
-		o.Err, o.Permanent = f, f.permanent
+		o.Reply = *f
 	}
 	return o
 }
@@ -256,7 +316,7 @@ func (t *Transport) slot(key string) chan struct{} {
 
 // send runs one SMTP transaction for the recipients at positions pos. A
 // non-nil failure applies to all of them; otherwise per holds each one's.
-func (t *Transport) send(ctx context.Context, r *route, m *spool.Message, rcpts []int, pos []int, started func([]int, string)) (remote string, remoteDSN bool, per []*failure, all *failure) {
+func (t *Transport) send(ctx context.Context, r *route, m *spool.Message, rcpts []int, pos []int, started func([]int, string)) (remote string, remoteDSN bool, per []*spool.Reply, all *spool.Reply) {
 	s := t.slot(r.key)
 	wait := time.NewTimer(t.cfg.SlotWait)
 	select {
@@ -266,7 +326,7 @@ func (t *Transport) send(ctx context.Context, r *route, m *spool.Message, rcpts 
 		return "", false, nil, errBusy
 	case <-ctx.Done():
 		wait.Stop()
-		return "", false, nil, temp("451 4.4.5 shutting down")
+		return "", false, nil, temp("4.4.5", "shutting down")
 	}
 	defer func() { <-s }()
 
@@ -297,16 +357,16 @@ func (t *Transport) send(ctx context.Context, r *route, m *spool.Message, rcpts 
 	if m.Params.SMTPUTF8 {
 		if ok, _ := c.Extension("SMTPUTF8"); !ok {
 			keep = true
-			return remote, remoteDSN, nil, perm("553 5.6.7 %s does not support SMTPUTF8, which this message needs", remote)
+			return remote, remoteDSN, nil, perm(553, "5.6.7", "%s does not support SMTPUTF8, which this message needs", remote)
 		}
 	}
 	opts := &smtp.MailOptions{Size: m.Size, UTF8: m.Params.SMTPUTF8, Return: smtp.DSNReturn(m.Params.Ret), EnvelopeID: m.Params.EnvID}
 	if err := c.Mail(m.From, opts); err != nil {
-		f := fromSMTP("MAIL", err)
+		f := t.fromSMTP("MAIL", p.peer, err)
 		keep = c.Reset() == nil
 		return remote, remoteDSN, nil, f
 	}
-	per = make([]*failure, len(pos))
+	per = make([]*spool.Reply, len(pos))
 	accepted := 0
 	for k, j := range pos {
 		rc := m.Rcpts[rcpts[j]]
@@ -318,7 +378,7 @@ func (t *Transport) send(ctx context.Context, r *route, m *spool.Message, rcpts 
 			ro.OriginalRecipientType, ro.OriginalRecipient = smtp.DSNAddressType(strings.ToUpper(typ)), a
 		}
 		if err := c.Rcpt(rc.Address, ro); err != nil {
-			per[k] = fromSMTP("RCPT", err)
+			per[k] = t.fromSMTP("RCPT", p.peer, err)
 			var se *smtp.SMTPError
 			if !errors.As(err, &se) {
 				return remote, remoteDSN, nil, per[k]
@@ -333,20 +393,22 @@ func (t *Transport) send(ctx context.Context, r *route, m *spool.Message, rcpts 
 	}
 	body, err := t.spool.Body(m.ID)
 	if err != nil {
-		return remote, remoteDSN, nil, temp("451 4.3.0 read queued message: %v", err)
+		t.log.Error("read queued message", "id", m.ID, "error", err)
+		lt := spool.LocalTrouble
+		return remote, remoteDSN, nil, &lt
 	}
 	w, err := c.Data()
 	if err != nil {
-		f := fromSMTP("DATA", err)
+		f := t.fromSMTP("DATA", p.peer, err)
 		keep = c.Reset() == nil
 		return remote, remoteDSN, nil, f
 	}
 	if _, err := io.Copy(w, body); err != nil {
 		w.Close()
-		return remote, remoteDSN, nil, temp("451 4.4.2 sending message data to %s: %v", remote, err)
+		return remote, remoteDSN, nil, t.fromSMTP("message data", p.peer, err)
 	}
 	if _, err := w.CloseWithResponse(); err != nil {
-		f := fromSMTP("end of DATA", err)
+		f := t.fromSMTP("end of DATA", p.peer, err)
 		var se *smtp.SMTPError
 		keep = errors.As(err, &se)
 		for k := range per {
@@ -370,7 +432,7 @@ func hostOnly(hp string) string {
 
 // get returns a connected, greeted client for the route: a pooled one that
 // still answers RSET, or a new one.
-func (t *Transport) get(ctx context.Context, r *route) (*pooled, *failure) {
+func (t *Transport) get(ctx context.Context, r *route) (*pooled, *spool.Reply) {
 	for {
 		t.mu.Lock()
 		ps := t.idle[r.key]
@@ -387,20 +449,19 @@ func (t *Transport) get(ctx context.Context, r *route) (*pooled, *failure) {
 		}
 		p.c.Close()
 	}
-	var last *failure
+	var last *spool.Reply
 	for _, hp := range r.hosts {
 		p, f := t.connect(ctx, hp, r.auth)
 		if f == nil {
 			return p, nil
 		}
-		t.log.Info("connect failed", "host", hp, "error", f.msg)
 		last = f
-		if f.permanent {
+		if f.Permanent {
 			break
 		}
 	}
 	if last == nil {
-		last = temp("451 4.4.1 no host to connect to")
+		last = temp("4.4.1", "no host to connect to")
 	}
 	return nil, last
 }
@@ -424,13 +485,15 @@ func (t *Transport) Close() {
 	}
 }
 
-func (t *Transport) dial(ctx context.Context, hp string) (net.Conn, *failure) {
+// dial connects to hp and returns the connection and the peer's name,
+// HOST[IP]:PORT.
+func (t *Transport) dial(ctx context.Context, hp string) (net.Conn, string, *spool.Reply) {
 	d := net.Dialer{Timeout: t.cfg.ConnectTimeout, Resolver: t.resolver}
 	conn, err := d.DialContext(ctx, "tcp", hp)
 	if err != nil {
-		return nil, temp("451 4.4.1 connect to %s: %v", hp, err)
+		return nil, "", t.dialReply(hp, err)
 	}
-	return &deadlineConn{Conn: conn, d: t.cfg.CommandTimeout}, nil
+	return &deadlineConn{Conn: conn, d: t.cfg.CommandTimeout}, peerName(hp, conn.RemoteAddr()), nil
 }
 
 // deadlineConn bounds every read and write by d, under TLS and go-smtp, so
@@ -461,15 +524,16 @@ func (c *deadlineConn) SetWriteDeadline(time.Time) error { return nil }
 // not offer it, the session goes on in plain text; when the handshake fails,
 // it reconnects in plain text and remembers that for an hour. A smarthost that needs AUTH gets it only over
 // TLS (or on loopback).
-func (t *Transport) connect(ctx context.Context, hp string, auth bool) (*pooled, *failure) {
+func (t *Transport) connect(ctx context.Context, hp string, auth bool) (*pooled, *spool.Reply) {
 	host := hostOnly(hp)
 	t.mu.Lock()
 	plainOnly := time.Now().Before(t.noTLS[hp])
 	t.mu.Unlock()
 	var c *smtp.Client
+	var peer string
 	isTLS := false
 	if !plainOnly {
-		conn, f := t.dial(ctx, hp)
+		conn, name, f := t.dial(ctx, hp)
 		if f != nil {
 			return nil, f
 		}
@@ -477,6 +541,7 @@ func (t *Transport) connect(ctx context.Context, hp string, auth bool) (*pooled,
 			// Opportunistic TLS: an MX rarely has a certificate for its
 			// name, and refusing it would only fall back to plain text.
 			InsecureSkipVerify: true}
+		peer = name
 		sc, tlsOK, err := openTLS(ctx, conn, t.cfg.Hostname, cfg)
 		switch {
 		case errors.Is(err, errTLSBroken):
@@ -486,40 +551,41 @@ func (t *Transport) connect(ctx context.Context, hp string, auth bool) (*pooled,
 			t.mu.Unlock()
 		case err != nil:
 			conn.Close()
-			return nil, fromSMTP("greeting", err)
+			return nil, t.fromSMTP("greeting", peer, err)
 		default:
 			c, isTLS = smtp.NewClient(sc), tlsOK
 			c.CommandTimeout, c.SubmissionTimeout = t.cfg.CommandTimeout, t.cfg.CommandTimeout
 			if err := c.Hello(t.cfg.Hostname); err != nil {
 				c.Close()
-				return nil, fromSMTP("EHLO", err)
+				return nil, t.fromSMTP("EHLO", peer, err)
 			}
 		}
 	}
 	if c == nil {
-		conn, f := t.dial(ctx, hp)
+		conn, name, f := t.dial(ctx, hp)
 		if f != nil {
 			return nil, f
 		}
+		peer = name
 		c = smtp.NewClient(conn)
 		c.CommandTimeout, c.SubmissionTimeout = t.cfg.CommandTimeout, t.cfg.CommandTimeout
 		if err := c.Hello(t.cfg.Hostname); err != nil {
 			c.Close()
-			return nil, fromSMTP("EHLO", err)
+			return nil, t.fromSMTP("EHLO", peer, err)
 		}
 	}
 	if auth {
 		if !isTLS && !isLoopback(host) {
 			c.Close()
-			return nil, temp("451 4.7.0 %s offers no STARTTLS; not sending the relayhost password in plain text", hp)
+			return nil, temp("4.7.0", "%s offers no STARTTLS; not sending the relayhost password in plain text", peer)
 		}
 		if err := c.Auth(sasl.NewPlainClient("", t.cfg.RelayUser, t.cfg.RelayPassword)); err != nil {
 			c.Close()
-			return nil, fromSMTP("AUTH", err)
+			return nil, t.fromSMTP("AUTH", peer, err)
 		}
 	}
 	dsn, _ := c.Extension("DSN")
-	return &pooled{c: c, host: hp, dsn: dsn}, nil
+	return &pooled{c: c, host: hp, peer: peer, dsn: dsn}, nil
 }
 
 func isTimeout(err error) bool {

@@ -488,11 +488,11 @@ func TestSTARTTLSFailure(t *testing.T) {
 	srv := newScripted(t, script{}, withOldTLS)
 	tr := newTransport(t, q, via(srv))
 	o := deliverNow(t, tr, q.add(t, sample, nil, "bob@b.test"))[0]
-	if o.Err != nil && strings.Contains(o.Err.Error(), "tls:") {
+	if strings.Contains(o.Reply.String(), "tls:") {
 		t.Fatalf("a failed STARTTLS handshake is a temporary failure for ever (%q): go-smtp's "+
 			"NewClientStartTLS only wraps the conn, the handshake runs in the c.Hello that follows, and "+
 			"relay/remote/remote.go connect() treats that error as an EHLO failure instead of falling back to "+
-			"plain text and remembering noTLS, so mail to a host with a broken TLS setup bounces after 5 days", o.Err)
+			"plain text and remembering noTLS, so mail to a host with a broken TLS setup bounces after 5 days", o.Reply)
 	}
 	checkOK(t, "first", o)
 	srv.srv.Close() // drop the pooled connection: the next one is new
@@ -687,7 +687,7 @@ func TestMX(t *testing.T) {
 	checkFail(t, "a@alldown.test (every MX refuses)", out[0], false, "4.4.1")
 
 	out = deliverNow(t, tr, q.add(t, sample, nil, "a@brokenmx.test"))
-	if out[0].Err == nil || out[0].Permanent {
+	if out[0].Reply.IsZero() || out[0].Reply.Permanent {
 		t.Errorf("a@brokenmx.test (MX host without address): %s, want a temporary failure", describe(out[0]))
 	}
 

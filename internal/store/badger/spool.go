@@ -81,6 +81,9 @@ func (s *Store) Enqueue(ctx context.Context, m *spool.Message, body io.Reader, e
 		return mapErr(fmt.Errorf("enqueue %s: body: %w", m.ID, err))
 	}
 	m.Size = size
+	if ev.Event == spool.EventAccepted {
+		ev.Size = size
+	}
 	var due time.Time
 	if err := putEnvelope(txn, m, &due); err != nil {
 		return mapErr(fmt.Errorf("enqueue %s: %w", m.ID, err))
@@ -402,7 +405,7 @@ func (s *Store) Release(_ context.Context, l spool.Lease) error {
 func (s *Store) Update(ctx context.Context, id string, lease *spool.Lease, fn func(m *spool.Message) (spool.Effects, error)) error {
 	var due time.Time
 	var files []string
-	var events bool
+	var events, keep bool
 	err := s.update(ctx, func(txn *bdg.Txn) error {
 		due, files, events = time.Time{}, files[:0], false
 		if lease != nil && !s.holds(*lease) {
@@ -416,6 +419,7 @@ func (s *Store) Update(ctx context.Context, id string, lease *spool.Lease, fn fu
 		if err != nil {
 			return err
 		}
+		keep = eff.KeepLease
 		if eff.File != nil {
 			if files, err = s.fileTxn(txn, m, eff.File); err != nil {
 				return err
@@ -454,7 +458,7 @@ func (s *Store) Update(ctx context.Context, id string, lease *spool.Lease, fn fu
 	if err != nil {
 		return err
 	}
-	if lease != nil {
+	if lease != nil && !keep {
 		s.leaseMu.Lock()
 		if cur, ok := s.leases[id]; ok && cur.Epoch == lease.Epoch {
 			delete(s.leases, id)
@@ -569,12 +573,21 @@ func (s *Store) LastEvents(_ context.Context, n int) ([]spool.Event, error) {
 }
 
 // EventsSince implements spool.Backend.
-func (s *Store) EventsSince(_ context.Context, since time.Time, limit int) ([]spool.Event, error) {
+func (s *Store) EventsSince(_ context.Context, since time.Time, after string, limit int) ([]spool.Event, error) {
 	var out []spool.Event
+	// The log's keys are in (time, sequence) order, and a cursor is the
+	// key's suffix: starting after it is seeking just past its key.
+	start := binary.BigEndian.AppendUint64([]byte(prefixLog), uint64(max(since.UnixNano(), 0)))
+	if after != "" {
+		seq, err := hex.DecodeString(after)
+		if err != nil {
+			return nil, fmt.Errorf("event cursor %q: %w", after, err)
+		}
+		start = append(append([]byte(prefixLog), seq...), 0)
+	}
 	err := s.view(func(txn *bdg.Txn) error {
 		it := txn.NewIterator(bdg.IteratorOptions{Prefix: []byte(prefixLog)})
 		defer it.Close()
-		start := binary.BigEndian.AppendUint64([]byte(prefixLog), uint64(max(since.UnixNano(), 0)))
 		for it.Seek(start); it.Valid() && len(out) < limit; it.Next() {
 			ev, err := decodeEvent(it.Item())
 			if err != nil {

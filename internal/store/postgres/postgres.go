@@ -74,6 +74,9 @@ type Options struct {
 	NoMigrate bool
 	// MaxConns bounds the connection pool (default 20).
 	MaxConns int32
+	// Now is the clock of lease renewals and event expiry (nil for
+	// time.Now); tests pass a fake one.
+	Now func() time.Time
 }
 
 // Open connects to the database at url (postgres://...), migrates its schema
@@ -102,7 +105,10 @@ func Open(ctx context.Context, url string, o Options) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{pool: pool, url: url, node: o.Node, log: log, now: time.Now,
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	s := &Store{pool: pool, url: url, node: o.Node, log: log, now: o.Now,
 		queueCh: make(chan struct{}), eventsCh: make(chan struct{}), stopped: make(chan struct{})}
 	if s.node == "" {
 		s.node = nodeName()

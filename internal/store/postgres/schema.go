@@ -61,7 +61,7 @@ CREATE TABLE events (
 	data     jsonb NOT NULL
 );
 CREATE INDEX events_queue ON events (queue_id, seq);
-CREATE INDEX events_time ON events (time);
+CREATE INDEX events_time ON events (time, seq);
 
 CREATE TABLE accounts (
 	address text PRIMARY KEY,

@@ -28,6 +28,9 @@ func (s *Store) Enqueue(ctx context.Context, m *spool.Message, body io.Reader, e
 		return fmt.Errorf("enqueue %s: body: %w", m.ID, err)
 	}
 	m.Size = size
+	if ev.Event == spool.EventAccepted {
+		ev.Size = size
+	}
 	return s.tx(ctx, func(tx pgx.Tx) error {
 		if err := insertMessage(ctx, tx, m, chunks); err != nil {
 			return err
@@ -87,7 +90,7 @@ func insertMessage(ctx context.Context, tx pgx.Tx, m *spool.Message, chunks [][]
 }
 
 func insertRecipient(ctx context.Context, tx pgx.Tx, id string, i int, r *spool.Recipient) error {
-	reply, err := json.Marshal(r.LastError)
+	reply, err := json.Marshal(r.Reply)
 	if err != nil {
 		return err
 	}
@@ -177,7 +180,7 @@ func loadMessages(ctx context.Context, q queryer, query string, args ...any) ([]
 			r.Notify = nil
 		}
 		if len(reply) > 0 {
-			if err := json.Unmarshal(reply, &r.LastError); err != nil {
+			if err := json.Unmarshal(reply, &r.Reply); err != nil {
 				return nil, fmt.Errorf("decode %s: %w", id, err)
 			}
 		}
@@ -385,10 +388,10 @@ func (s *Store) Update(ctx context.Context, id string, lease *spool.Lease, fn fu
 			// running lease's due time, so no other node takes the
 			// message while its delivery runs.
 			var keep *time.Time
-			if lease == nil && node != nil && until != nil {
+			if (lease == nil || eff.KeepLease) && node != nil && until != nil {
 				keep = until
 			}
-			if err := writeMessage(ctx, tx, m, before, lease != nil, keep); err != nil {
+			if err := writeMessage(ctx, tx, m, before, lease != nil && !eff.KeepLease, keep); err != nil {
 				return err
 			}
 		}
@@ -427,7 +430,7 @@ type recipientRow struct {
 func snapshot(m *spool.Message) []recipientRow {
 	rows := make([]recipientRow, len(m.Rcpts))
 	for i, r := range m.Rcpts {
-		reply, _ := json.Marshal(r.LastError)
+		reply, _ := json.Marshal(r.Reply)
 		rows[i] = recipientRow{r.State, r.Attempts, r.NextAttempt, string(reply), r.RemoteMTA, r.DelayNotified}
 	}
 	return rows
@@ -540,8 +543,12 @@ func (s *Store) LastEvents(ctx context.Context, n int) ([]spool.Event, error) {
 }
 
 // EventsSince implements spool.Backend.
-func (s *Store) EventsSince(ctx context.Context, since time.Time, limit int) ([]spool.Event, error) {
-	rows, err := s.pool.Query(ctx, "SELECT seq, data FROM events WHERE time >= $1 ORDER BY time, seq LIMIT $2", since, limit)
+func (s *Store) EventsSince(ctx context.Context, since time.Time, after string, limit int) ([]spool.Event, error) {
+	seq := int64(-1)
+	if after != "" {
+		seq, _ = strconv.ParseInt(after, 10, 64)
+	}
+	rows, err := s.pool.Query(ctx, "SELECT seq, data FROM events WHERE (time, seq) > ($1, $2) ORDER BY time, seq LIMIT $3", since, seq, limit)
 	if err != nil {
 		return nil, mapErr(err)
 	}

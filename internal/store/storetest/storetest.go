@@ -549,7 +549,7 @@ func testEvents(t *testing.T, e Engine) {
 	if last[0].ID != ids[3] || last[1].ID != ids[4] || last[2].Event != spool.EventAttempt || last[2].Relay != "mx" {
 		t.Errorf("LastEvents(3) = %+v", last)
 	}
-	since, err := e.EventsSince(ctx, base.Add(2*time.Second), 100)
+	since, err := e.EventsSince(ctx, base.Add(2*time.Second), "", 100)
 	if err != nil || len(since) != 4 || since[0].ID != ids[2] {
 		t.Errorf("EventsSince(+2s) = %+v, %v; want 4 from %s", since, err, ids[2])
 	}
