@@ -188,22 +188,27 @@ const tailPage = 1000
 // ends or fn fails. An event is passed once.
 func (s *Spool) Tail(ctx context.Context, n int, follow bool, fn func(Event) error) error {
 	changed := s.b.EventsChanged()
+	seen := map[string]time.Time{}
+	mark := s.now()
+	if follow {
+		// What the log holds already is the past: only events that
+		// commit from now on are followed, also those that reach the log
+		// late with an earlier time.
+		if err := s.pastWindow(ctx, mark, seen); err != nil {
+			return err
+		}
+	}
 	past, err := s.b.LastEvents(ctx, n)
 	if err != nil {
 		return err
 	}
-	seen := map[string]time.Time{}
-	mark := s.now()
 	for _, ev := range past {
 		seen[ev.Cursor] = ev.Time
-		if ev.Time.After(mark) || mark.IsZero() {
-			mark = ev.Time
-		}
 		if err := fn(ev); err != nil {
 			return err
 		}
 	}
-	if len(past) > 0 {
+	if len(past) > 0 && past[len(past)-1].Time.After(mark) {
 		mark = past[len(past)-1].Time
 	}
 	if !follow {
@@ -246,6 +251,25 @@ func (s *Spool) Tail(ctx context.Context, n int, follow bool, fn func(Event) err
 				delete(seen, c)
 			}
 		}
+	}
+}
+
+// pastWindow marks as seen the events of the follower's look-back window
+// before now.
+func (s *Spool) pastWindow(ctx context.Context, now time.Time, seen map[string]time.Time) error {
+	since, after := now.Add(-tailLookback), ""
+	for {
+		evs, err := s.b.EventsSince(ctx, since, after, tailPage)
+		if err != nil {
+			return err
+		}
+		for _, ev := range evs {
+			seen[ev.Cursor] = ev.Time
+		}
+		if len(evs) < tailPage {
+			return nil
+		}
+		since, after = evs[len(evs)-1].Time, evs[len(evs)-1].Cursor
 	}
 }
 

@@ -38,7 +38,7 @@ func TestLocalDeliveryPaused(t *testing.T) {
 		return asked.Load() >= n+4, fmt.Sprintf("asked %d times", asked.Load())
 	})
 	if got := rcpt(t, e.sp, id, "bob@example.test"); got.State != spool.Pending || got.Attempts != 0 ||
-		!got.NextAttempt.Equal(before.NextAttempt) || got.LastError != "" {
+		!got.NextAttempt.Equal(before.NextAttempt) || !got.Reply.IsZero() {
 		t.Errorf("local recipient while paused: %+v, want it pending and untouched (%+v)", got, before)
 	}
 	if ms := inbox(t, e.boxes, "bob@example.test"); len(ms) != 0 {

@@ -16,5 +16,5 @@ func TestConformance(t *testing.T) {
 		s := badger.New(db, nil)
 		t.Cleanup(func() { s.Close() })
 		return s
-	})
+	}, storetest.Options{})
 }

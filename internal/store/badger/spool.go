@@ -326,15 +326,19 @@ func (s *Store) noteDue(t time.Time) {
 }
 
 // Claim implements spool.Backend. One process holds a Badger database, so
-// the leases live in memory: a claim is a scan of the due index that skips
-// what is leased.
+// the leases live in memory and do not run out: a worker cannot die while
+// its process lives, and a lease ends when it is given back (by the update
+// that carries it, or Release). A claim is a scan of the due index that
+// skips what is leased.
 func (s *Store) Claim(_ context.Context, now time.Time, limit int, d time.Duration) ([]spool.Lease, error) {
 	s.claimMu.Lock()
 	defer s.claimMu.Unlock()
 	from := s.scanFrom()
 	ids, first, _, err := s.scanDue(from, now, limit+s.leaseCount(), func(id string) bool {
-		l, ok := s.leases[id]
-		return ok && l.Until.After(now)
+		s.leaseMu.Lock()
+		defer s.leaseMu.Unlock()
+		_, ok := s.leases[id]
+		return ok
 	})
 	if err != nil {
 		s.low = time.Time{} // what scanFrom handed out is lost: start over

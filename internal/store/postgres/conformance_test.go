@@ -19,5 +19,5 @@ func TestConformance(t *testing.T) {
 		}
 		t.Cleanup(func() { s.Close() })
 		return s
-	})
+	}, storetest.Options{LeasesExpire: true})
 }

@@ -32,8 +32,16 @@ type Engine interface {
 // Opener returns a fresh, empty store that is closed when the test ends.
 type Opener func(t *testing.T) Engine
 
+// Options say what an engine does beyond what every engine does.
+type Options struct {
+	// LeasesExpire: a lease not renewed runs out at its end, and the
+	// message can be claimed again (several nodes, one of which may die).
+	// Without it a lease lasts until it is given back (one process).
+	LeasesExpire bool
+}
+
 // Run runs the whole suite against the engine that open makes.
-func Run(t *testing.T, open Opener) {
+func Run(t *testing.T, open Opener, o Options) {
 	for _, tc := range []struct {
 		name string
 		fn   func(*testing.T, Engine)
@@ -43,6 +51,12 @@ func Run(t *testing.T, open Opener) {
 		{"Page", testPage},
 		{"Claim", testClaim},
 		{"LeaseFencing", testLeaseFencing},
+		{"LeaseExpiry", func(t *testing.T, e Engine) {
+			if !o.LeasesExpire {
+				t.Skip("this engine's leases last until given back")
+			}
+			testLeaseExpiry(t, e)
+		}},
 		{"UpdateOutcome", testUpdateOutcome},
 		{"UpdateOperator", testUpdateOperator},
 		{"LocalDeliveryAtomic", testLocalDeliveryAtomic},
@@ -233,7 +247,19 @@ func testClaim(t *testing.T, e Engine) {
 	if err != nil || len(again) != 1 || again[0].ID != late.ID || again[0].Epoch <= ls2[0].Epoch {
 		t.Fatalf("Claim after Release = %+v, %v; want %s with a higher epoch than %d", again, err, late.ID, ls2[0].Epoch)
 	}
-	// A lease that ran out is free again.
+}
+
+// testLeaseExpiry: a lease that ran out is free again, and the node that
+// held it can no longer write with it.
+func testLeaseExpiry(t *testing.T, e Engine) {
+	early, late := message("a@example.net"), message("b@example.net")
+	for _, m := range []*spool.Message{early, late} {
+		enqueue(t, e, m, "x\r\n")
+	}
+	old, err := e.Claim(ctx, base, 10, time.Minute)
+	if err != nil || len(old) != 2 {
+		t.Fatalf("Claim = %+v, %v", old, err)
+	}
 	expired, err := e.Claim(ctx, base.Add(2*time.Minute), 10, time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -248,6 +274,13 @@ func testClaim(t *testing.T, e Engine) {
 	if !slices.Equal(gotIDs, want) {
 		t.Errorf("Claim after the leases ran out = %v, want %v", gotIDs, want)
 	}
+	err = e.Update(ctx, early.ID, &old[0], func(m *spool.Message) (spool.Effects, error) {
+		m.Rcpts[0].State = spool.Delivered
+		return spool.Effects{}, nil
+	})
+	if !errors.Is(err, store.ErrLeaseLost) {
+		t.Errorf("Update with a lease that ran out and was taken over: %v, want store.ErrLeaseLost", err)
+	}
 }
 
 // testLeaseFencing: once another claim took a message over, a write with
@@ -259,8 +292,12 @@ func testLeaseFencing(t *testing.T, e Engine) {
 	if err != nil || len(old) != 1 {
 		t.Fatalf("Claim: %+v, %v", old, err)
 	}
-	// The lease runs out; another claimer takes the message.
-	cur, err := e.Claim(ctx, base.Add(2*time.Minute), 1, time.Minute)
+	// The lease ends (given back here; on a shared store it may also run
+	// out) and another claimer takes the message.
+	if err := e.Release(ctx, old[0]); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := e.Claim(ctx, base, 1, time.Minute)
 	if err != nil || len(cur) != 1 || cur[0].Epoch <= old[0].Epoch {
 		t.Fatalf("second Claim: %+v, %v", cur, err)
 	}
