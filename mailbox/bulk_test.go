@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
 	"github.com/relaymail/relay/mailbox"
 )
 
@@ -21,17 +19,9 @@ func fillBulk(t *testing.T, s *mailbox.Store, n int) []uint32 {
 	t.Helper()
 	addUser(t, s, bulkUser)
 	var uids []uint32
-	for lo := 0; lo < n; lo += 500 {
-		err := s.DB().Update(func(txn *badger.Txn) error {
-			for i := lo; i < min(lo+500, n); i++ {
-				body := fmt.Sprintf("Subject: %d\r\n\r\nbody %d\r\n", i, i)
-				if err := mailbox.DeliverTxn(txn, mailbox.NewBlobID(), strings.NewReader(body), []string{bulkUser}, time.Now()); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
+	for i := range n {
+		body := fmt.Sprintf("Subject: %d\r\n\r\nbody %d\r\n", i, i)
+		if err := deliverErr(s, []byte(body), time.Now(), bulkUser); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
+	bdg "github.com/dgraph-io/badger/v4"
 
 	"github.com/relaymail/relay/mailbox"
 )
@@ -13,7 +13,7 @@ import (
 // The stored header goes with the blob's last reference.
 func TestHeadLifetime(t *testing.T) {
 	s, db, _ := openStore(t)
-	if err := s.AddUser("u@example.test", "pw"); err != nil {
+	if err := s.AddUser("u@example.test", "password"); err != nil {
 		t.Fatal(err)
 	}
 	body := "Subject: kept apart\r\n\r\nbody\r\n"
@@ -41,8 +41,8 @@ func TestHeadLifetime(t *testing.T) {
 	if _, ok, _ := s.Head(msgs[0]); ok {
 		t.Error("header left behind after the last reference went")
 	}
-	err = db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("m/h/")})
+	err = db.View(func(txn *bdg.Txn) error {
+		it := txn.NewIterator(bdg.IteratorOptions{Prefix: []byte("m/h/")})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			t.Errorf("header key %q left", it.Item().Key())

@@ -1,6 +1,8 @@
 package mailbox_test
 
 import (
+	"context"
+	"sync/atomic"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -14,8 +16,9 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
-	"github.com/relaymail/relay/internal/store"
+	storebadger "github.com/relaymail/relay/internal/store/badger"
 	"github.com/relaymail/relay/mailbox"
+	"github.com/relaymail/relay/spool"
 )
 
 // knownBug skips a test that demonstrates a reported bug in the code under
@@ -49,14 +52,17 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// openStore opens a mailbox store on a fresh Badger database in a temporary
+// engines maps each test store to the engine under it, for deliver.
+var engines sync.Map // *mailbox.Store -> *storebadger.Store
+
+// openStore opens a mailbox store on a fresh Badger engine in a temporary
 // directory, closed when the test ends.
-func openStore(t *testing.T) (*mailbox.Store, *store.DB, *fakeClock) {
+func openStore(t *testing.T) (*mailbox.Store, *storebadger.DB, *fakeClock) {
 	t.Helper()
 	dir := t.TempDir()
-	db, err := store.Open(dir, store.Options{})
+	db, err := storebadger.Open(dir, storebadger.Options{})
 	if err != nil {
-		t.Fatalf("store.Open(%s): %v", dir, err)
+		t.Fatalf("open database %s: %v", dir, err)
 	}
 	t.Cleanup(func() {
 		if err := db.Close(); err != nil {
@@ -64,7 +70,10 @@ func openStore(t *testing.T) (*mailbox.Store, *store.DB, *fakeClock) {
 		}
 	})
 	clock := newClock()
-	return mailbox.New(db, clock.Now), db, clock
+	e := storebadger.New(db, clock.Now)
+	s := mailbox.New(e, clock.Now)
+	engines.Store(s, e)
+	return s, db, clock
 }
 
 // addUser creates an account with the password "secret-"+addr.
@@ -76,7 +85,7 @@ func addUser(t *testing.T, s *mailbox.Store, addr string) {
 }
 
 // keys returns every key (and its value) under prefix.
-func keys(t *testing.T, db *store.DB, prefix string) map[string][]byte {
+func keys(t *testing.T, db *storebadger.DB, prefix string) map[string][]byte {
 	t.Helper()
 	out := map[string][]byte{}
 	err := db.View(func(txn *badger.Txn) error {
@@ -99,7 +108,7 @@ func keys(t *testing.T, db *store.DB, prefix string) map[string][]byte {
 
 // checkNoBlobs fails unless no message record, blob chunk or reference count
 // is left in the database.
-func checkNoBlobs(t *testing.T, db *store.DB) {
+func checkNoBlobs(t *testing.T, db *storebadger.DB) {
 	t.Helper()
 	for _, p := range []string{"m/x/", "m/b/", "m/r/"} {
 		if k := keys(t, db, p); len(k) != 0 {
@@ -117,7 +126,7 @@ func keyList(m map[string][]byte) []string {
 }
 
 // refcount reads the reference count of blob.
-func refcount(t *testing.T, db *store.DB, blob string) (uint32, bool) {
+func refcount(t *testing.T, db *storebadger.DB, blob string) (uint32, bool) {
 	t.Helper()
 	v, ok := keys(t, db, "m/r/"+blob)["m/r/"+blob]
 	if !ok {
@@ -158,18 +167,35 @@ func getMailbox(t *testing.T, s *mailbox.Store, user, box string) *mailbox.Mailb
 	return mb
 }
 
-// deliver files body in the INBOX of users in one transaction, as the
-// delivery loop does.
+var deliverSeq atomic.Int64
+
+// deliverErr files body in the INBOX of users in one commit, as the
+// delivery loop does: a queued message whose recipients are marked
+// delivered with a filing.
+func deliverErr(s *mailbox.Store, body []byte, date time.Time, users ...string) error {
+	v, _ := engines.Load(s)
+	e := v.(*storebadger.Store)
+	m := &spool.Message{ID: fmt.Sprintf("01DELIVER%010d", deliverSeq.Add(1)), Arrived: date, From: "sender@example.org"}
+	for _, u := range users {
+		m.Rcpts = append(m.Rcpts, spool.Recipient{Address: u, State: spool.Pending, NextAttempt: date})
+	}
+	if err := e.Enqueue(context.Background(), m, bytes.NewReader(body), spool.Event{Time: date, Event: spool.EventAccepted, ID: m.ID}); err != nil {
+		return err
+	}
+	return e.Update(context.Background(), m.ID, nil, func(m *spool.Message) (spool.Effects, error) {
+		for i := range m.Rcpts {
+			m.Rcpts[i].State = spool.Delivered
+		}
+		return spool.Effects{File: &spool.Filing{Accounts: users, Date: date}}, nil
+	})
+}
+
+// deliver is deliverErr, failing the test on error; blob names the body
+// for the test's own messages (the store picks the stored blob's ID).
 func deliver(t *testing.T, s *mailbox.Store, blob string, body []byte, users ...string) {
 	t.Helper()
-	err := s.DB().Update(func(txn *badger.Txn) error {
-		return mailbox.DeliverTxn(txn, blob, bytes.NewReader(body), users, time.Now())
-	})
-	if err != nil {
-		t.Fatalf("DeliverTxn(%s, %v): %v", blob, users, err)
-	}
-	for _, u := range users {
-		s.Notify(u)
+	if err := deliverErr(s, body, time.Now(), users...); err != nil {
+		t.Fatalf("deliver %s to %v: %v", blob, users, err)
 	}
 }
 
@@ -367,7 +393,7 @@ func TestSetPassword(t *testing.T) {
 
 func TestUserExists(t *testing.T) {
 	t.Parallel()
-	s, db, _ := openStore(t)
+	s, _, _ := openStore(t)
 	addUser(t, s, "frank@example.test")
 	for _, tc := range []struct {
 		addr string
@@ -384,16 +410,6 @@ func TestUserExists(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("UserExists(%q) = %v, %v; want %v", tc.addr, got, err, tc.want)
 		}
-		err = db.View(func(txn *badger.Txn) error {
-			got, err := mailbox.UserExistsTxn(txn, tc.addr)
-			if err != nil || got != tc.want {
-				t.Errorf("UserExistsTxn(%q) = %v, %v; want %v", tc.addr, got, err, tc.want)
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
@@ -407,8 +423,8 @@ func TestListUsers(t *testing.T) {
 		addUser(t, s, u)
 		clock.Advance(time.Minute)
 	}
-	deliver(t, s, mailbox.NewBlobID(), []byte("12345"), "mia@example.test", "zoe@example.test")
-	deliver(t, s, mailbox.NewBlobID(), []byte("1234567"), "mia@example.test")
+	deliver(t, s, "blob", []byte("12345"), "mia@example.test", "zoe@example.test")
+	deliver(t, s, "blob", []byte("1234567"), "mia@example.test")
 	if _, _, err := s.Append("zoe@example.test", "Sent", strings.NewReader("123"), time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -450,13 +466,13 @@ func TestDeleteUser(t *testing.T) {
 	addUser(t, s, "gus@example.test")
 	addUser(t, s, "empty@example.test")
 	addUser(t, s, "keep@example.test")
-	deliver(t, s, mailbox.NewBlobID(), []byte("one"), "gus@example.test")
-	deliver(t, s, mailbox.NewBlobID(), []byte("two"), "gus@example.test")
+	deliver(t, s, "blob", []byte("one"), "gus@example.test")
+	deliver(t, s, "blob", []byte("two"), "gus@example.test")
 	if _, _, err := s.Append("gus@example.test", "Archive", strings.NewReader("three"), time.Now(), []string{`\Seen`}); err != nil {
 		t.Fatal(err)
 	}
-	keepBlob := mailbox.NewBlobID()
-	deliver(t, s, keepBlob, []byte("kept"), "keep@example.test")
+	deliver(t, s, "kept", []byte("kept"), "keep@example.test")
+	keepBlob := messages(t, s, "keep@example.test", "INBOX")[0].Blob
 
 	if err := s.DeleteUser("nobody@example.test", false); !errors.Is(err, mailbox.ErrNoUser) {
 		t.Errorf("DeleteUser(unknown) = %v, want ErrNoUser", err)
@@ -539,10 +555,10 @@ func TestResolve(t *testing.T) {
 	}
 }
 
-// TestDeliverTxnStoresBodyOnce: one body to three users in one transaction
+// TestDeliverStoresBodyOnce: one body to three users in one transaction
 // is one blob with three references, readable byte for byte by each, and
 // goes away with the last holder.
-func TestDeliverTxnStoresBodyOnce(t *testing.T) {
+func TestDeliverStoresBodyOnce(t *testing.T) {
 	t.Parallel()
 	s, db, _ := openStore(t)
 	users := []string{"u1@example.test", "u2@example.test", "u3@example.test"}
@@ -550,14 +566,11 @@ func TestDeliverTxnStoresBodyOnce(t *testing.T) {
 		addUser(t, s, u)
 	}
 	body := []byte("From: a@example.org\r\nSubject: shared\r\n\r\nstored once\r\n\x00\xff binary too\r\n")
-	blob := mailbox.NewBlobID()
 	date := time.Date(2026, 2, 3, 4, 5, 6, 789, time.FixedZone("X", 3600))
-	err := db.Update(func(txn *badger.Txn) error {
-		return mailbox.DeliverTxn(txn, blob, bytes.NewReader(body), users, date)
-	})
-	if err != nil {
-		t.Fatalf("DeliverTxn: %v", err)
+	if err := deliverErr(s, body, date, users...); err != nil {
+		t.Fatalf("deliver: %v", err)
 	}
+	blob := messages(t, s, users[0], "INBOX")[0].Blob
 
 	for _, u := range users {
 		ms := messages(t, s, u, "INBOX")
@@ -620,23 +633,20 @@ func TestDeliverTxnStoresBodyOnce(t *testing.T) {
 	checkNoBlobs(t, db)
 }
 
-func TestDeliverTxnNoUsers(t *testing.T) {
+func TestDeliverNoUsers(t *testing.T) {
 	t.Parallel()
 	s, db, _ := openStore(t)
-	deliver(t, s, mailbox.NewBlobID(), []byte("nobody"))
+	deliver(t, s, "blob", []byte("nobody"))
 	checkNoBlobs(t, db)
 }
 
-func TestDeliverTxnUnknownUser(t *testing.T) {
+func TestDeliverUnknownUser(t *testing.T) {
 	t.Parallel()
 	s, db, _ := openStore(t)
 	addUser(t, s, "known@example.test")
-	err := db.Update(func(txn *badger.Txn) error {
-		return mailbox.DeliverTxn(txn, mailbox.NewBlobID(), strings.NewReader("x"),
-			[]string{"known@example.test", "ghost@example.test"}, time.Now())
-	})
-	if !errors.Is(err, mailbox.ErrNoMailbox) {
-		t.Errorf("DeliverTxn to an unknown user: %v, want ErrNoMailbox", err)
+	err := deliverErr(s, []byte("x"), time.Now(), "known@example.test", "ghost@example.test")
+	if !errors.Is(err, spool.ErrNoAccount) {
+		t.Errorf("delivery to an unknown user: %v, want spool.ErrNoAccount", err)
 	}
 	// The transaction failed as a whole.
 	if ms := messages(t, s, "known@example.test", "INBOX"); len(ms) != 0 {
@@ -654,7 +664,7 @@ func TestUIDsNeverReused(t *testing.T) {
 	const u = "hal@example.test"
 	addUser(t, s, u)
 	for i := range 5 {
-		deliver(t, s, mailbox.NewBlobID(), fmt.Appendf(nil, "message %d", i), u)
+		deliver(t, s, "blob", fmt.Appendf(nil, "message %d", i), u)
 	}
 	old := map[string]uint32{}
 	mbs, err := s.Mailboxes(u)
@@ -690,7 +700,7 @@ func TestUIDsNeverReused(t *testing.T) {
 				mb.Name, mb.UIDValidity, mb.Name, old[mb.Name], maxOld)
 		}
 	}
-	deliver(t, s, mailbox.NewBlobID(), []byte("after"), u)
+	deliver(t, s, "blob", []byte("after"), u)
 	ms = messages(t, s, u, "INBOX")
 	if len(ms) != 1 {
 		t.Fatalf("re-created INBOX holds %d messages, want 1", len(ms))
@@ -834,7 +844,9 @@ func TestCreateMailbox(t *testing.T) {
 	if err != nil {
 		t.Fatalf("CreateMailbox: %v", err)
 	}
-	if mb.Name != "Projects/Relay" || mb.User != u || mb.UIDNext != 1 || !mb.Subscribed {
+	// RFC 9051 §6.3.4: CREATE does not subscribe; subscriptions are a
+	// list of their own.
+	if mb.Name != "Projects/Relay" || mb.User != u || mb.UIDNext != 1 || mb.Subscribed {
 		t.Errorf("CreateMailbox = %+v", mb)
 	}
 	if got := getMailbox(t, s, u, "Projects/Relay"); got.ID != mb.ID || got.UIDValidity != mb.UIDValidity {
@@ -947,8 +959,8 @@ func TestLargeBody(t *testing.T) {
 	for i := range body {
 		body[i] = byte(i*7 + i>>13)
 	}
-	blob := mailbox.NewBlobID()
-	deliver(t, s, blob, body, u)
+	deliver(t, s, "large", body, u)
+	blob := messages(t, s, u, "INBOX")[0].Blob
 	if _, _, err := s.Append(u, "Archive", bytes.NewReader(body), time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -965,7 +977,7 @@ func TestLargeBody(t *testing.T) {
 		}
 	}
 	n := len(keys(t, db, "m/b/"+blob))
-	if want := int(store.NumChunks(int64(len(body)))); n != want || want != 4 {
+	if want := int(storebadger.NumChunks(int64(len(body)))); n != want || want != 4 {
 		t.Errorf("%d chunks for the delivered blob, want %d (4)", n, want)
 	}
 	if err := s.DeleteUser(u, true); err != nil {
@@ -996,10 +1008,8 @@ func TestDeleteUserRacesDelivery(t *testing.T) {
 					return
 				default:
 				}
-				err := db.Update(func(txn *badger.Txn) error {
-					return mailbox.DeliverTxn(txn, mailbox.NewBlobID(), strings.NewReader("x"), []string{u}, time.Now())
-				})
-				if err != nil && !errors.Is(err, badger.ErrConflict) && !errors.Is(err, mailbox.ErrNoMailbox) {
+				err := deliverErr(s, []byte("x"), time.Now(), u)
+				if err != nil && !errors.Is(err, spool.ErrNoAccount) {
 					t.Errorf("deliver: %v", err)
 					return
 				}

@@ -2,16 +2,9 @@ package mailbox
 
 import (
 	"bytes"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"time"
-
-	"github.com/dgraph-io/badger/v4"
-	"github.com/oklog/ulid/v2"
-
-	"github.com/relaymail/relay/internal/store"
 )
 
 // Message is one message in one mailbox.
@@ -23,31 +16,24 @@ type Message struct {
 	Flags []string  `json:"f,omitempty"`
 }
 
-// NewBlobID returns a fresh blob ID for a body that does not come from the
-// spool (IMAP APPEND).
-func NewBlobID() string { return ulid.Make().String() }
-
-// PutBlobTxn stores a body once for refs holders and returns its size. The
-// blob ID must be unique (a queue ID serves: one delivery per message).
-// The header section is also kept apart (Head), up to maxHead bytes.
-func PutBlobTxn(txn *badger.Txn, blob string, body io.Reader, refs uint32) (int64, error) {
-	hc := &headCapture{r: body}
-	size, err := store.PutChunks(txn, []byte(prefixBlob+blob), hc)
-	if err != nil {
-		return 0, fmt.Errorf("store blob %s: %w", blob, err)
-	}
-	if head := hc.head(size); head != nil {
-		if err := txn.Set(headKey(blob), head); err != nil {
-			return 0, fmt.Errorf("store blob %s header: %w", blob, err)
-		}
-	}
-	return size, txn.Set(refKey(blob), binary.BigEndian.AppendUint32(nil, refs))
-}
-
 // maxHead is the longest header section stored apart from its body. Real
 // headers, DKIM signatures and Received chains included, are a few KiB; a
 // longer one is read from the body like a message without a stored header.
 const maxHead = 32 << 10
+
+// HeadCapture passes a body through and keeps its header section for a
+// stored copy (maxHead bytes at most); Head returns it once the body was
+// read to its end.
+type HeadCapture struct{ h headCapture }
+
+// NewHeadCapture reads r.
+func NewHeadCapture(r io.Reader) *HeadCapture { return &HeadCapture{headCapture{r: r}} }
+
+func (c *HeadCapture) Read(p []byte) (int, error) { return c.h.Read(p) }
+
+// Head is the header section of the body of size bytes read through c, or
+// nil when it is not to be stored apart.
+func (c *HeadCapture) Head(size int64) []byte { return c.h.head(size) }
 
 // headCapture passes a body through and keeps its header section: the
 // bytes up to and including the first empty line, which is where IMAP's
@@ -112,165 +98,44 @@ func (h *headCapture) head(size int64) []byte {
 	return nil
 }
 
-// refs reads blob's reference count.
-func refs(txn *badger.Txn, blob string) (uint32, error) {
-	item, err := txn.Get(refKey(blob))
-	if err != nil {
-		return 0, fmt.Errorf("blob %s refcount: %w", blob, err)
-	}
-	var n uint32
-	err = item.Value(func(b []byte) error {
-		if len(b) != 4 {
-			return fmt.Errorf("blob %s refcount: bad length", blob)
-		}
-		n = binary.BigEndian.Uint32(b)
-		return nil
-	})
-	return n, err
-}
-
-// unrefBlob drops one reference to blob and deletes it with the last.
-func unrefBlob(txn *badger.Txn, blob string, size int64) error {
-	n, err := refs(txn, blob)
-	if err != nil {
-		return err
-	}
-	if n > 1 {
-		return txn.Set(refKey(blob), binary.BigEndian.AppendUint32(nil, n-1))
-	}
-	if err := store.DeleteChunks(txn, []byte(prefixBlob+blob), size); err != nil {
-		return err
-	}
-	if err := txn.Delete(headKey(blob)); err != nil {
-		return err
-	}
-	return txn.Delete(refKey(blob))
-}
-
-// AppendTxn adds a message referring to an existing blob (whose reference
-// the caller already counted) to user's mailbox, taking the next UID.
-func AppendTxn(txn *badger.Txn, user, mailbox, blob string, size int64, date time.Time, flags []string) (*Mailbox, uint32, error) {
-	mb, err := GetMailboxTxn(txn, user, mailbox)
-	if err != nil {
-		return nil, 0, err
-	}
-	uid := mb.UIDNext
-	mb.UIDNext++
-	mb.Messages++
-	mb.Size += size
-	if !hasFlag(flags, FlagSeen) {
-		mb.Unseen++
-	}
-	m := Message{UID: uid, Blob: blob, Size: size, Date: date.UTC().Truncate(time.Second), Flags: flags}
-	if err := putMsg(txn, msgKey(mb.ID, uid), m); err != nil {
-		return nil, 0, err
-	}
-	if err := putMailbox(txn, mb); err != nil {
-		return nil, 0, err
-	}
-	return mb, uid, nil
-}
-
-// DeliverTxn stores body once and files it in the INBOX of every user in
-// users (resolved account addresses), inside txn. The caller commits and then
-// calls Notify for each user.
-func DeliverTxn(txn *badger.Txn, blob string, body io.Reader, users []string, date time.Time) error {
-	if len(users) == 0 {
-		return nil
-	}
-	size, err := PutBlobTxn(txn, blob, body, uint32(len(users)))
-	if err != nil {
-		return err
-	}
-	for _, u := range users {
-		if _, _, err := AppendTxn(txn, NormalizeUser(u), "INBOX", blob, size, date, nil); err != nil {
-			return fmt.Errorf("deliver to %s: %w", u, err)
-		}
-	}
-	return nil
-}
-
 // Messages lists the messages of one mailbox in UID order.
 func (s *Store) Messages(user, mailbox string) ([]Message, error) {
+	mb, err := s.GetMailbox(user, mailbox)
+	if err != nil {
+		return nil, err
+	}
 	var out []Message
-	err := s.db.View(func(txn *badger.Txn) error {
-		mb, err := GetMailboxTxn(txn, user, mailbox)
-		if err != nil {
-			return err
-		}
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: msgPrefix(mb.ID), PrefetchValues: false})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			m, err := readMsg(it.Item())
-			if err != nil {
-				return err
-			}
-			out = append(out, m)
-		}
+	err = s.b.ForEachMessage(ctx, mb.ID, func(m Message, _ HeadReader) error {
+		out = append(out, m)
 		return nil
 	})
 	return out, err
 }
 
 // Open returns a reader over a message's body.
-func (s *Store) Open(m Message) io.Reader {
-	return store.ChunkReader(s.db, nil, []byte(prefixBlob+m.Blob), m.Size)
-}
+func (s *Store) Open(m Message) io.Reader { return s.b.Open(ctx, m) }
 
 // Head returns the stored header section of m: the bytes of its body up to
 // and including the empty line that ends the header. ok is false when none
 // was stored (a header over maxHead, or a blob older than the header
 // store); the body has it then.
-func (s *Store) Head(m Message) (head []byte, ok bool, err error) {
-	err = s.db.View(func(txn *badger.Txn) error {
-		head, ok, err = headTxn(txn, m)
-		return err
-	})
-	return head, ok, err
-}
-
-func headTxn(txn *badger.Txn, m Message) ([]byte, bool, error) {
-	item, err := txn.Get(headKey(m.Blob))
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil, false, nil
-	}
-	if err == nil {
-		var head []byte
-		if head, err = item.ValueCopy(nil); err == nil {
-			return head, true, nil
-		}
-	}
-	return nil, false, fmt.Errorf("read header of %s: %w", m.Blob, err)
-}
+func (s *Store) Head(m Message) (head []byte, ok bool, err error) { return s.b.Head(ctx, m) }
 
 // Append stores a new message (IMAP APPEND) in user's mailbox and returns
-// the mailbox's UIDVALIDITY and the new UID.
+// the mailbox's UIDVALIDITY and the new UID. The message is durable when it
+// returns.
 func (s *Store) Append(user, mailbox string, body io.Reader, date time.Time, flags []string) (uidValidity, uid uint32, err error) {
 	user = NormalizeUser(user)
-	blob := NewBlobID()
-	// The body is read once; a conflict retry must not read it again.
+	// The body is read once, before the store is asked: a retry inside
+	// the engine must not read the client again.
 	data, err := io.ReadAll(body)
 	if err != nil {
 		return 0, 0, fmt.Errorf("append: read message: %w", err)
 	}
-	err = s.update(func(txn *badger.Txn) error {
-		size, err := PutBlobTxn(txn, blob, bytes.NewReader(data), 1)
-		if err != nil {
-			return err
-		}
-		mb, u, err := AppendTxn(txn, user, mailbox, blob, size, date, flags)
-		if err != nil {
-			return err
-		}
-		uidValidity, uid = mb.UIDValidity, u
-		return nil
-	})
+	mb, uid, err := s.b.Append(ctx, user, CanonicalName(mailbox), bytes.NewReader(data), date, flags)
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := s.db.Sync(); err != nil {
-		return 0, 0, err
-	}
 	s.Notify(user)
-	return uidValidity, uid, nil
+	return mb.UIDValidity, uid, nil
 }

@@ -11,35 +11,23 @@
 //   - UIDs are never reused: UIDNEXT only grows, in the same transaction as
 //     the insert that uses it. UIDVALIDITY is fixed at mailbox creation and
 //     unique across re-creations.
-//   - The *Txn functions write into a caller's transaction, so that a local
-//     delivery and the spool's recipient state commit together; watchers are
-//     told of a change only after its commit (Notify), never before.
+//   - A local delivery and the queue's record of it commit together: that is
+//     one operation of the storage engine (spool.Backend.Update with a
+//     filing), not a transaction handed between packages. Sessions hear of a
+//     change only after its commit, on this node and on every other node
+//     sharing the store (Backend.Publish).
 //
-// Keys (all under the "m/" prefix):
-//
-//	m/u/<user>                   account (JSON)
-//	m/n/<user>\x00<mailbox>      mailbox (codec.go)
-//	m/x/<mailbox id:u64><uid:u32> message record (codec.go)
-//	m/b/<blob><chunk:u32>        blob body chunks
-//	m/h/<blob>                   the blob's header section, when short
-//	m/r/<blob>                   blob reference count (u32)
-//	m/seq/mailbox, m/seq/uidvalidity  counters
+// Storage comes through Backend (backend.go); the engines live under
+// internal/store.
 package mailbox
 
 import (
-	"encoding/binary"
-	"encoding/json"
+	"context"
 	"errors"
-	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/dgraph-io/badger/v4"
-
-	"github.com/relaymail/relay/internal/store"
 )
 
 // Errors the store returns; callers test them with errors.Is.
@@ -56,7 +44,7 @@ var (
 
 // Store is the mailbox store. It is safe for concurrent use.
 type Store struct {
-	db  *store.DB
+	b   Backend
 	now func() time.Time
 
 	mu   sync.Mutex
@@ -69,16 +57,20 @@ type Store struct {
 	batchFault func(part int) error
 }
 
-// New returns the store on db; now is the clock (nil for time.Now).
-func New(db *store.DB, now func() time.Time) *Store {
+// New returns the store on backend b; now is the clock (nil for time.Now).
+// It receives b's change notices, so one Store per backend.
+func New(b Backend, now func() time.Time) *Store {
 	if now == nil {
 		now = time.Now
 	}
-	return &Store{db: db, now: now, subs: map[string][]*Subscription{}, batch: batchMessages}
+	s := &Store{b: b, now: now, subs: map[string][]*Subscription{}, batch: batchMessages}
+	b.OnChange(s.changed)
+	return s
 }
 
-// DB returns the underlying database (for transactions that span packages).
-func (s *Store) DB() *store.DB { return s.db }
+// ctx is the context of the store's calls: the IMAP server's commands
+// run to the end once started.
+var ctx = context.Background()
 
 // Event is a committed change that sessions with a mailbox selected must
 // hear of. A zero Event (no mailbox) only says "look for new messages".
@@ -89,6 +81,10 @@ type Event struct {
 	// Source is the session that made the change, so that its own
 	// change is not reported back to it.
 	Source any
+	// Overflow says the change is not known in detail (it was too large
+	// to carry between nodes, or notices may have been lost): sessions
+	// re-read the mailbox.
+	Overflow bool
 }
 
 // Subscription receives a user's events. C gets a value whenever events are
@@ -145,7 +141,7 @@ func (sub *Subscription) Close() {
 
 func (sub *Subscription) push(ev Event) {
 	sub.mu.Lock()
-	if len(sub.events) >= maxQueued {
+	if len(sub.events) >= maxQueued || ev.Overflow {
 		sub.overflow = true
 		sub.events = nil
 	}
@@ -159,17 +155,27 @@ func (sub *Subscription) push(ev Event) {
 	}
 }
 
-// publish hands ev to every subscription of user. Callers publish only after
-// the change committed.
-func (s *Store) publish(user string, ev Event) {
-	user = NormalizeUser(user)
+// changed hands a change from the backend (this node's or another's) to
+// every subscription of user; an empty user means every user, with an
+// overflow: notices may have been lost.
+func (s *Store) changed(user string, ev Event) {
 	s.mu.Lock()
-	subs := slices.Clone(s.subs[user])
+	var subs []*Subscription
+	if user == "" {
+		for _, us := range s.subs {
+			subs = append(subs, us...)
+		}
+	} else {
+		subs = slices.Clone(s.subs[NormalizeUser(user)])
+	}
 	s.mu.Unlock()
 	for _, sub := range subs {
 		sub.push(ev)
 	}
 }
+
+// publish announces a committed change of user's mailboxes to every node.
+func (s *Store) publish(user string, ev Event) { s.b.Publish(NormalizeUser(user), ev) }
 
 // Watch returns a channel that receives a value after each committed change
 // to user's mailboxes, and a function to stop watching. Signals coalesce.
@@ -178,8 +184,8 @@ func (s *Store) Watch(user string) (<-chan struct{}, func()) {
 	return sub.C, sub.Close
 }
 
-// Notify tells user's watchers that messages may have arrived. Callers that
-// write with the *Txn functions call it after their commit.
+// Notify tells user's watchers, on every node, that messages may have
+// arrived.
 func (s *Store) Notify(user string) { s.publish(user, Event{}) }
 
 // NormalizeUser lower-cases an account address: local parts are matched
@@ -199,90 +205,4 @@ func Resolve(rcpt string) string {
 		local = local[:i]
 	}
 	return local + domain
-}
-
-const (
-	prefixUser    = "m/u/"
-	prefixMailbox = "m/n/"
-	prefixMsg     = "m/x/"
-	prefixBlob    = "m/b/"
-	prefixRef     = "m/r/"
-	prefixHead    = "m/h/"
-	keySeqMailbox = "m/seq/mailbox"
-	keySeqUIDV    = "m/seq/uidvalidity"
-)
-
-func userKey(u string) []byte { return []byte(prefixUser + u) }
-
-func mailboxKey(u, name string) []byte { return []byte(prefixMailbox + u + "\x00" + name) }
-
-func mailboxPrefix(u string) []byte { return []byte(prefixMailbox + u + "\x00") }
-
-func msgPrefix(mbox uint64) []byte {
-	return binary.BigEndian.AppendUint64([]byte(prefixMsg), mbox)
-}
-
-func msgKey(mbox uint64, uid uint32) []byte {
-	return binary.BigEndian.AppendUint32(msgPrefix(mbox), uid)
-}
-
-func blobKey(blob string, chunk uint32) []byte {
-	return binary.BigEndian.AppendUint32([]byte(prefixBlob+blob), chunk)
-}
-
-func refKey(blob string) []byte { return []byte(prefixRef + blob) }
-
-func headKey(blob string) []byte { return []byte(prefixHead + blob) }
-
-func getJSON(txn *badger.Txn, key []byte, v any) error {
-	item, err := txn.Get(key)
-	if err != nil {
-		return err
-	}
-	return item.Value(func(b []byte) error { return json.Unmarshal(b, v) })
-}
-
-func putJSON(txn *badger.Txn, key []byte, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return txn.Set(key, b)
-}
-
-// counter increments the u64 at key inside txn and returns the new value.
-func counter(txn *badger.Txn, key string, atLeast uint64) (uint64, error) {
-	var n uint64
-	item, err := txn.Get([]byte(key))
-	switch {
-	case errors.Is(err, badger.ErrKeyNotFound):
-	case err != nil:
-		return 0, err
-	default:
-		if err := item.Value(func(b []byte) error {
-			if len(b) != 8 {
-				return fmt.Errorf("counter %s: bad length %d", key, len(b))
-			}
-			n = binary.BigEndian.Uint64(b)
-			return nil
-		}); err != nil {
-			return 0, err
-		}
-	}
-	n = max(n+1, atLeast)
-	return n, txn.Set([]byte(key), binary.BigEndian.AppendUint64(nil, n))
-}
-
-// update runs fn in a read-write transaction, retrying on conflicts with
-// concurrent writers (a delivery and an IMAP APPEND to one mailbox), with a
-// short growing pause so that many writers to one mailbox take turns.
-func (s *Store) update(fn func(txn *badger.Txn) error) error {
-	for try := range 64 {
-		err := s.db.Update(fn)
-		if !errors.Is(err, badger.ErrConflict) {
-			return err
-		}
-		time.Sleep(time.Duration(rand.IntN(try+1)+1) * 200 * time.Microsecond)
-	}
-	return badger.ErrConflict
 }

@@ -26,7 +26,6 @@ import (
 	"github.com/relaymail/relay/internal/diskspace"
 	"github.com/relaymail/relay/internal/metrics"
 	"github.com/relaymail/relay/internal/ratelimit"
-	"github.com/relaymail/relay/internal/store"
 	"github.com/relaymail/relay/internal/throttle"
 	"github.com/relaymail/relay/internal/tlsconf"
 	"github.com/relaymail/relay/mailbox"
@@ -41,7 +40,7 @@ import (
 type Server struct {
 	cfg     config.Config
 	log     *slog.Logger
-	db      *store.DB
+	store   *Storage
 	spool   *spool.Spool
 	boxes   *mailbox.Store
 	certs   *tlsconf.Certs
@@ -94,27 +93,24 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		log.Info("created data directory", "dir", dir)
 	}
 	log.Info("data directory", "dir", dir)
-	if err := CheckSpace(dir); err != nil {
-		return nil, err
-	}
-	db, err := store.Open(cfg.Data, store.Options{Logger: log})
-	if errors.Is(err, store.ErrLocked) {
-		return nil, fmt.Errorf("%s is in use: is another relay serve running with --data %s?", cfg.Data, cfg.Data)
-	}
+	st, err := OpenStorage(context.Background(), cfg.Store, dir, StoreOptions{Create: true, Migrate: true, Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, db: db, spool: spool.New(db, nil), boxes: mailbox.New(db, nil),
+	if st.Postgres != nil {
+		log.Info("store", "engine", "postgres", "node", st.Postgres.Node())
+	}
+	s := &Server{cfg: cfg, log: log, store: st, spool: spool.New(st, nil), boxes: mailbox.New(st, nil),
 		listeners: map[string]net.Addr{}, authThrottle: throttle.New(time.Second, 15*time.Second)}
 	// Recorded for `relay user add` while no server runs.
 	if err := s.boxes.SetDomains(cfg.Domains); err != nil {
-		db.Close()
+		st.Close()
 		return nil, err
 	}
 	s.disk = diskspace.New(diskspace.Config{
 		Dir:     cfg.Data,
 		MinFree: uint64(cfg.MinFree()),
-		Reserve: store.Reserve,
+		Reserve: st.Reserve(),
 		Log:     log.With("component", "diskspace"),
 	})
 	// Between the reserve and min-free-space the relay runs, refusing
@@ -129,7 +125,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	s.spool.OnEvent(s.countEvent)
 	s.certs, err = tlsconf.Load(cfg.TLSCert, cfg.TLSKey, cfg.Data, cfg.Hostname)
 	if err != nil {
-		db.Close()
+		st.Close()
 		return nil, err
 	}
 	transports := map[string]string{}
@@ -158,22 +154,10 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	}, s.spool, s.boxes, s.remote, log.With("component", "deliver"))
 	if err := s.listen(); err != nil {
 		s.closeListeners()
-		db.Close()
+		st.Close()
 		return nil, err
 	}
 	return s, nil
-}
-
-// CheckSpace refuses to open the database in dir when its filesystem has
-// less free than the store's reserve, with a message that says what to do.
-// Badger writes into the files it makes at open before anything can back
-// them, which on a full disk faults (SIGBUS) instead of failing; whatever
-// opens the database checks this first.
-func CheckSpace(dir string) error {
-	if err := diskspace.Need(dir, store.Reserve); err != nil {
-		return fmt.Errorf("not enough free disk space to open the database: %w; free space on that filesystem, or move the data directory to one with room (--data)", err)
-	}
-	return nil
 }
 
 func (s *Server) listen() error {
@@ -327,7 +311,10 @@ func every(interval time.Duration, stop <-chan struct{}, fn func()) {
 // freeEvery only, since each return costs a full collection and the page
 // faults of growing again.
 func (s *Server) releaseCold() {
-	if _, err := s.db.ReleaseCold(); err != nil {
+	if s.store.Badger == nil {
+		return
+	}
+	if _, err := s.store.Badger.ReleaseCold(); err != nil {
 		s.log.Warn("releasing cold database pages failed", "error", err)
 	}
 }
@@ -336,11 +323,14 @@ func (s *Server) releaseCold() {
 // below the store's reserve: the collection writes the live bodies of a file
 // anew before it deletes the file, and may start a value-log file for them.
 func (s *Server) collectGarbage() {
+	if s.store.Badger == nil {
+		return
+	}
 	if s.disk.Critical() {
 		s.log.Warn("value-log garbage collection skipped: disk space below the database's reserve")
 		return
 	}
-	s.db.CollectGarbage()
+	s.store.Badger.CollectGarbage()
 }
 
 // preallocator returns the watcher's step before each poll: back the
@@ -349,7 +339,10 @@ func (s *Server) collectGarbage() {
 func (s *Server) preallocator() func() {
 	last := ""
 	return func() {
-		err := s.db.Preallocate()
+		if s.store.Badger == nil {
+			return
+		}
+		err := s.store.Badger.Preallocate()
 		msg := ""
 		if err != nil {
 			msg = err.Error()
@@ -358,6 +351,16 @@ func (s *Server) preallocator() func() {
 			s.log.Error("cannot back database files with disk blocks; a full disk may now crash the relay", "error", err)
 		}
 		last = msg
+	}
+}
+
+// pruneEvents deletes expired events from a PostgreSQL store.
+func (s *Server) pruneEvents() {
+	if s.store.Postgres == nil {
+		return
+	}
+	if err := s.store.Postgres.PruneEvents(context.Background()); err != nil {
+		s.log.Warn("pruning old events failed", "error", err)
 	}
 }
 
@@ -399,6 +402,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	stopGC := make(chan struct{})
 	wg.Go(func() { every(10*time.Minute, stopGC, s.collectGarbage) })
+	wg.Go(func() { every(pruneEvery, stopGC, s.pruneEvents) })
 	wg.Go(func() { every(releaseEvery, stopGC, s.releaseCold) })
 	wg.Go(func() { every(freeEvery, stopGC, debug.FreeOSMemory) })
 	loopCtx, stopLoop := context.WithCancel(context.Background())
@@ -446,14 +450,14 @@ func (s *Server) Run(ctx context.Context) error {
 // committed is in the memtable's log, so the database is then only synced
 // and left as a crash leaves it: the next open replays the log.
 func (s *Server) closeDB() error {
-	if !s.disk.Critical() {
-		if err := s.db.Close(); err != nil {
+	if s.store.Badger == nil || !s.disk.Critical() {
+		if err := s.store.Close(); err != nil {
 			return fmt.Errorf("close database: %w", err)
 		}
 		return nil
 	}
 	s.log.Warn("disk space below the database's reserve: database synced but not closed; the next start recovers it from its log")
-	if err := s.db.Sync(); err != nil {
+	if err := s.store.Badger.Sync(); err != nil {
 		return fmt.Errorf("sync database: %w", err)
 	}
 	return nil

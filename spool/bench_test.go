@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/relaymail/relay/internal/store"
+	storebadger "github.com/relaymail/relay/internal/store/badger"
 	"github.com/relaymail/relay/spool"
 )
 
@@ -20,19 +20,19 @@ func BenchmarkEnqueue(b *testing.B) {
 	for _, writers := range []int{1, 32} {
 		for _, mode := range []struct {
 			name string
-			sync store.SyncMode
+			sync storebadger.SyncMode
 		}{
-			{"group", store.SyncGroup},
-			{"each", store.SyncEach},
+			{"group", storebadger.SyncGroup},
+			{"each", storebadger.SyncEach},
 		} {
 			b.Run(fmt.Sprintf("writers=%d/sync=%s", writers, mode.name), func(b *testing.B) {
 				dir := b.TempDir()
-				db, err := store.Open(dir, store.Options{Sync: mode.sync})
+				db, err := storebadger.Open(dir, storebadger.Options{Sync: mode.sync})
 				if err != nil {
 					b.Fatal(err)
 				}
 				b.Cleanup(func() { db.Close() })
-				s := spool.New(db, nil)
+				s := spool.New(storebadger.New(db, nil), nil)
 				b.SetBytes(int64(len(body)))
 				b.ReportAllocs()
 

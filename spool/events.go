@@ -2,16 +2,8 @@ package spool
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/json"
-	"errors"
-	"fmt"
 	"log/slog"
-	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/dgraph-io/badger/v4"
 )
 
 // Event kinds: what happened to a message or one of its recipients. They are
@@ -54,7 +46,9 @@ type Event struct {
 	Next     time.Time `json:"next,omitzero"`
 	Operator bool      `json:"operator,omitempty"` // caused by an operator's command
 
-	seq []byte // position in the log, set when written
+	// Cursor is the event's unique position in the log, set by the store
+	// when it is written or read.
+	Cursor string `json:"-"`
 }
 
 // attrs renders the event as the key-value pairs of one mail-log line.
@@ -83,109 +77,35 @@ func (ev Event) attrs() []any {
 	return a
 }
 
-// Keys of the event log, under "ev/", which the spool owns beside "q/":
-//
-//	ev/t/<time:u64 BE ns><n:u32 BE>        the event (JSON), in time order
-//	ev/m/<id><time:u64 BE ns><n:u32 BE>    empty: the message's history
-//
-// Both expire after EventRetention (Badger TTL).
-const (
-	prefixLog     = "ev/t/"
-	prefixHistory = "ev/m/"
-)
-
-// Tx is a spool write transaction: a Badger transaction plus the events it
-// records, which are published (mail log, followers) only once it commits.
-type Tx struct {
-	*badger.Txn
-	events []Event
-	due    time.Time // earliest due-index entry written
-}
-
-func (tx *Tx) noteDue(t time.Time) {
-	if tx.due.IsZero() || t.Before(tx.due) {
-		tx.due = t
-	}
-}
-
-// Begin starts a write transaction for EnqueueTxn and the caller's own keys;
-// Commit ends it.
-func (s *Spool) Begin() *Tx { return &Tx{Txn: s.db.NewTransaction(true)} }
-
-// Commit commits tx without syncing and then publishes its events.
-func (s *Spool) Commit(tx *Tx) error {
-	if err := tx.Txn.Commit(); err != nil {
-		return err
-	}
-	s.committed(tx)
-	return nil
-}
-
-// committed runs after tx's commit: the due index is noted for ScanFrom, the
-// events published and waiters woken, in that order.
-func (s *Spool) committed(tx *Tx) {
-	if !tx.due.IsZero() {
-		s.noteDue(tx.due)
-	}
-	s.publish(tx.events)
-	s.signal()
-}
-
-// eventSeq makes event keys unique within a nanosecond.
-var eventSeq atomic.Uint32
-
-// record writes ev into tx, to be published when tx commits.
-func (s *Spool) record(tx *Tx, ev Event) error {
-	if ev.Time.IsZero() {
-		ev.Time = s.now()
-	}
-	seq := binary.BigEndian.AppendUint64(nil, uint64(ev.Time.UnixNano()))
-	seq = binary.BigEndian.AppendUint32(seq, eventSeq.Add(1))
-	v, err := json.Marshal(ev)
-	if err != nil {
-		return fmt.Errorf("encode event: %w", err)
-	}
-	ttl := EventRetention
-	if err := tx.SetEntry(badger.NewEntry(append([]byte(prefixLog), seq...), v).WithTTL(ttl)); err != nil {
-		return fmt.Errorf("log event: %w", err)
-	}
-	hk := append(append([]byte(prefixHistory), ev.ID...), seq...)
-	if err := tx.SetEntry(badger.NewEntry(hk, nil).WithTTL(ttl)); err != nil {
-		return fmt.Errorf("log event: %w", err)
-	}
-	ev.seq = seq
-	tx.events = append(tx.events, ev)
-	return nil
-}
-
-// Record logs events that change no state (attempts starting) in a
-// transaction of their own. It is not synced: losing it in a crash loses only
-// log lines.
+// Record logs events that change no state (attempts starting). It is not
+// synced: losing it in a crash loses only log lines.
 func (s *Spool) Record(evs ...Event) error {
-	tx := s.Begin()
-	defer tx.Discard()
-	for _, ev := range evs {
-		if err := s.record(tx, ev); err != nil {
-			return err
+	now := s.now()
+	for i := range evs {
+		if evs[i].Time.IsZero() {
+			evs[i].Time = now
 		}
 	}
-	return s.Commit(tx)
+	if err := s.b.Record(ctx, evs...); err != nil {
+		return err
+	}
+	s.publish(evs)
+	return nil
 }
 
 // stateEvents derives the events of an Update from what fn changed: a
 // recipient that left Pending was delivered or bounced, one that stayed
 // Pending with one more attempt was deferred; a change of the hold flag is
 // held or released.
-func (s *Spool) stateEvents(tx *Tx, before snapshot, m *Message) error {
+func (s *Spool) stateEvents(before snapshot, m *Message) []Event {
 	now := s.now()
+	var evs []Event
 	if before.hold != m.Hold {
 		kind := EventReleased
 		if m.Hold {
 			kind = EventHeld
 		}
-		if err := s.record(tx, Event{Time: now, Event: kind, ID: m.ID, Operator: true}); err != nil {
-			return err
-		}
+		evs = append(evs, Event{Time: now, Event: kind, ID: m.ID, Operator: true})
 	}
 	for i, r := range m.Rcpts {
 		if i >= len(before.rcpts) || before.rcpts[i].state != Pending {
@@ -209,11 +129,9 @@ func (s *Spool) stateEvents(tx *Tx, before snapshot, m *Message) error {
 		if ev.Relay == "" && ev.Event == EventDelivered {
 			ev.Relay = "local"
 		}
-		if err := s.record(tx, ev); err != nil {
-			return err
-		}
+		evs = append(evs, ev)
 	}
-	return nil
+	return evs
 }
 
 // snapshot is what stateEvents compares against.
@@ -241,8 +159,8 @@ func snap(m *Message) snapshot {
 func (s *Spool) SetMailLog(log *slog.Logger) { s.mailLog = log }
 
 // OnEvent registers fn to run, in the committing goroutine, for every event
-// after its transaction committed (metrics). fn must be quick. Call it
-// before the spool is used.
+// of this node after its commit (metrics). fn must be quick. Call it before
+// the spool is used.
 func (s *Spool) OnEvent(fn func(Event)) { s.hooks = append(s.hooks, fn) }
 
 func (s *Spool) publish(evs []Event) {
@@ -253,77 +171,45 @@ func (s *Spool) publish(evs []Event) {
 		for _, h := range s.hooks {
 			h(ev)
 		}
-		s.followers.send(ev)
 	}
 }
 
-// followers fan events out to live `queue tail -f` readers.
-type followers struct {
-	mu   sync.Mutex
-	subs map[*follower]struct{}
-}
+// tailLookback is how far behind the newest event it saw a follower reads
+// again: commits of one node, or of several, reach the log out of time
+// order by up to about this much, and an event committed late must not be
+// missed.
+const tailLookback = 5 * time.Second
 
-type follower struct {
-	ch      chan Event
-	overrun atomic.Bool
-}
-
-// followBuffer is how far a follower may fall behind before it is cut off.
-const followBuffer = 16384
-
-func (f *followers) add() *follower {
-	fl := &follower{ch: make(chan Event, followBuffer)}
-	f.mu.Lock()
-	if f.subs == nil {
-		f.subs = map[*follower]struct{}{}
-	}
-	f.subs[fl] = struct{}{}
-	f.mu.Unlock()
-	return fl
-}
-
-func (f *followers) remove(fl *follower) {
-	f.mu.Lock()
-	delete(f.subs, fl)
-	f.mu.Unlock()
-}
-
-// send never blocks a committer: a follower that cannot keep up is marked
-// overrun and stops at its next read.
-func (f *followers) send(ev Event) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for fl := range f.subs {
-		select {
-		case fl.ch <- ev:
-		default:
-			fl.overrun.Store(true)
-		}
-	}
-}
-
-// ErrOverrun ends a Tail that could not keep up with the events.
-var ErrOverrun = errors.New("tail fell behind the mail log and was cut off")
+// tailPage bounds one read of a follower.
+const tailPage = 1000
 
 // Tail calls fn for the last n events in the log, oldest first, and, with
-// follow, for every later event as it is committed, until ctx ends or fn
-// fails. An event is passed once even if it commits while the replay runs.
+// follow, for every later event as it is committed on any node, until ctx
+// ends or fn fails. An event is passed once.
 func (s *Spool) Tail(ctx context.Context, n int, follow bool, fn func(Event) error) error {
-	var fl *follower
+	changed := s.b.EventsChanged()
+	seen := map[string]time.Time{}
+	mark := s.now()
 	if follow {
-		fl = s.followers.add()
-		defer s.followers.remove(fl)
+		// What the log holds already is the past: only events that
+		// commit from now on are followed, also those that reach the log
+		// late with an earlier time.
+		if err := s.pastWindow(ctx, mark, seen); err != nil {
+			return err
+		}
 	}
-	past, err := s.lastEvents(n)
+	past, err := s.b.LastEvents(ctx, n)
 	if err != nil {
 		return err
 	}
-	seen := make(map[string]bool, len(past))
 	for _, ev := range past {
-		seen[string(ev.seq)] = true
+		seen[ev.Cursor] = ev.Time
 		if err := fn(ev); err != nil {
 			return err
 		}
+	}
+	if len(past) > 0 && past[len(past)-1].Time.After(mark) {
+		mark = past[len(past)-1].Time
 	}
 	if !follow {
 		return nil
@@ -332,81 +218,60 @@ func (s *Spool) Tail(ctx context.Context, n int, follow bool, fn func(Event) err
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev := <-fl.ch:
-			if fl.overrun.Load() {
-				return ErrOverrun
-			}
-			if seen[string(ev.seq)] {
-				continue
-			}
-			if err := fn(ev); err != nil {
-				return err
-			}
+		case <-changed:
 		}
-	}
-}
-
-// lastEvents reads the newest n events, oldest first.
-func (s *Spool) lastEvents(n int) ([]Event, error) {
-	if n <= 0 {
-		return nil, nil
-	}
-	var out []Event
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixLog), Reverse: true, PrefetchValues: false})
-		defer it.Close()
-		// Reverse iteration starts at the last key under the prefix only
-		// when seeking past it.
-		for it.Seek([]byte(prefixLog + "\xff")); it.Valid() && len(out) < n; it.Next() {
-			ev, err := decodeEvent(it.Item())
+		changed = s.b.EventsChanged()
+		// Page through the window in (time, cursor) order: each page
+		// starts after the last event of the one before.
+		since, after := mark.Add(-tailLookback), ""
+		for {
+			evs, err := s.b.EventsSince(ctx, since, after, tailPage)
 			if err != nil {
 				return err
 			}
-			out = append(out, ev)
+			for _, ev := range evs {
+				if _, ok := seen[ev.Cursor]; ok {
+					continue
+				}
+				seen[ev.Cursor] = ev.Time
+				if ev.Time.After(mark) {
+					mark = ev.Time
+				}
+				if err := fn(ev); err != nil {
+					return err
+				}
+			}
+			if len(evs) < tailPage {
+				break
+			}
+			since, after = evs[len(evs)-1].Time, evs[len(evs)-1].Cursor
 		}
-		return nil
-	})
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
+		for c, t := range seen {
+			if t.Before(mark.Add(-2 * tailLookback)) {
+				delete(seen, c)
+			}
+		}
 	}
-	return out, err
 }
 
-func decodeEvent(item *badger.Item) (Event, error) {
-	var ev Event
-	if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &ev) }); err != nil {
-		return ev, fmt.Errorf("decode event %x: %w", item.Key(), err)
+// pastWindow marks as seen the events of the follower's look-back window
+// before now.
+func (s *Spool) pastWindow(ctx context.Context, now time.Time, seen map[string]time.Time) error {
+	since, after := now.Add(-tailLookback), ""
+	for {
+		evs, err := s.b.EventsSince(ctx, since, after, tailPage)
+		if err != nil {
+			return err
+		}
+		for _, ev := range evs {
+			seen[ev.Cursor] = ev.Time
+		}
+		if len(evs) < tailPage {
+			return nil
+		}
+		since, after = evs[len(evs)-1].Time, evs[len(evs)-1].Cursor
 	}
-	ev.seq = item.KeyCopy(nil)[len(prefixLog):]
-	return ev, nil
 }
 
 // History returns the logged events of message id, oldest first.
-func (s *Spool) History(id string) ([]Event, error) {
-	var out []Event
-	err := s.db.View(func(txn *badger.Txn) error {
-		p := []byte(prefixHistory + id)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: p})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			seq := it.Item().Key()[len(p):]
-			if len(seq) != 12 {
-				continue // another ID that starts with id
-			}
-			item, err := txn.Get(append([]byte(prefixLog), seq...))
-			if errors.Is(err, badger.ErrKeyNotFound) {
-				continue // expired between the two keys
-			}
-			if err != nil {
-				return err
-			}
-			ev, err := decodeEvent(item)
-			if err != nil {
-				return err
-			}
-			out = append(out, ev)
-		}
-		return nil
-	})
-	return out, err
-}
+func (s *Spool) History(id string) ([]Event, error) { return s.b.History(ctx, id) }

@@ -2,6 +2,7 @@ package spool_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -17,9 +18,11 @@ import (
 	"testing/iotest"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
+	badger "github.com/dgraph-io/badger/v4"
 
-	"github.com/relaymail/relay/internal/store"
+	storebadger "github.com/relaymail/relay/internal/store/badger"
+	"github.com/relaymail/relay/internal/testkit"
+	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/spool"
 )
 
@@ -58,10 +61,11 @@ func (c *clock) Advance(d time.Duration) {
 
 // env is one spool on a real Badger in a temporary directory.
 type env struct {
-	dir   string
-	db    *store.DB
-	s     *spool.Spool
-	clock *clock
+	dir    string
+	db     *storebadger.DB
+	engine *storebadger.Store
+	s      *spool.Spool
+	clock  *clock
 }
 
 // newEnv opens a database in a fresh temporary directory with the default
@@ -76,13 +80,8 @@ func newEnv(tb testing.TB) *env {
 // open (re)opens the database in e.dir and a new spool on it.
 func (e *env) open(tb testing.TB) {
 	tb.Helper()
-	db, err := store.Open(e.dir, store.Options{})
-	if err != nil {
-		tb.Fatalf("store.Open(%s): %v", e.dir, err)
-	}
-	tb.Cleanup(func() { db.Close() })
-	e.db = db
-	e.s = spool.New(db, e.clock.Now)
+	e.engine, e.db = testkit.BadgerAt(tb, e.dir, e.clock.Now)
+	e.s = spool.New(e.engine, e.clock.Now)
 }
 
 // reopen closes the database and opens it again from disk.
@@ -92,6 +91,27 @@ func (e *env) reopen(tb testing.TB) {
 		tb.Fatalf("close: %v", err)
 	}
 	e.open(tb)
+}
+
+// account makes a mailbox account on the spool's store, for updates that
+// file a message (local delivery).
+func (e *env) account(tb testing.TB, addr string) {
+	tb.Helper()
+	err := e.engine.CreateAccount(context.Background(), mailbox.Account{Address: addr, Hash: []byte("x"), Created: t0},
+		[]mailbox.NewMailbox{{Name: "INBOX"}})
+	if err != nil && !errors.Is(err, mailbox.ErrUserExists) {
+		tb.Fatal(err)
+	}
+}
+
+// inboxCount is how many messages addr's INBOX holds.
+func (e *env) inboxCount(tb testing.TB, addr string) int {
+	tb.Helper()
+	mb, err := e.engine.Mailbox(context.Background(), addr, "INBOX")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return int(mb.Messages)
 }
 
 func rcpt(addr string) spool.Recipient { return spool.Recipient{Address: addr} }
@@ -141,9 +161,18 @@ func (e *env) body(tb testing.TB, id string) []byte {
 
 func (e *env) due(tb testing.TB, now time.Time, limit int) []string {
 	tb.Helper()
-	ids, err := e.s.Due(now, limit)
+	// What is due is what a claim at now hands out; the claims are given
+	// back at once.
+	ls, err := e.engine.Claim(context.Background(), now, limit, time.Minute)
 	if err != nil {
-		tb.Fatalf("Due: %v", err)
+		tb.Fatalf("Claim: %v", err)
+	}
+	var ids []string
+	for _, l := range ls {
+		ids = append(ids, l.ID)
+		if err := e.engine.Release(context.Background(), l); err != nil {
+			tb.Fatalf("Release: %v", err)
+		}
 	}
 	return ids
 }
@@ -159,9 +188,9 @@ func (e *env) count(tb testing.TB) int {
 
 func (e *env) update(tb testing.TB, id string, fn func(m *spool.Message)) {
 	tb.Helper()
-	err := e.s.Update(id, func(_ *spool.Tx, m *spool.Message) error {
+	err := e.s.Update(id, nil, func(m *spool.Message) (spool.Effects, error) {
 		fn(m)
-		return nil
+		return spool.Effects{}, nil
 	})
 	if err != nil {
 		tb.Fatalf("Update(%s): %v", id, err)
@@ -348,7 +377,7 @@ func TestEnqueueRejects(t *testing.T) {
 func TestEnqueueBodyError(t *testing.T) {
 	e := newEnv(t)
 	errCut := errors.New("connection reset")
-	body := io.MultiReader(bytes.NewReader(randBytes(store.BodyChunk+store.BodyChunk/2, 1)), iotest.ErrReader(errCut))
+	body := io.MultiReader(bytes.NewReader(randBytes(storebadger.BodyChunk+storebadger.BodyChunk/2, 1)), iotest.ErrReader(errCut))
 	m := &spool.Message{ID: e.s.NewID(), From: "a@example.org", Rcpts: []spool.Recipient{rcpt("b@example.net")}}
 	err := e.s.Enqueue(m, body)
 	if !errors.Is(err, errCut) {
@@ -370,13 +399,13 @@ func TestBodyRoundTrip(t *testing.T) {
 		{"empty", 0},
 		{"1 byte", 1},
 		{"small", 4 << 10},
-		{"below value threshold", store.ValueThreshold - 1},
-		{"value threshold", store.ValueThreshold},
-		{"chunk-1", store.BodyChunk - 1},
-		{"chunk", store.BodyChunk},
-		{"chunk+1", store.BodyChunk + 1},
-		{"3 chunks and a bit", 3*store.BodyChunk + 12345},
-		{"exactly 4 chunks", 4 * store.BodyChunk},
+		{"below value threshold", storebadger.ValueThreshold - 1},
+		{"value threshold", storebadger.ValueThreshold},
+		{"chunk-1", storebadger.BodyChunk - 1},
+		{"chunk", storebadger.BodyChunk},
+		{"chunk+1", storebadger.BodyChunk + 1},
+		{"3 chunks and a bit", 3*storebadger.BodyChunk + 12345},
+		{"exactly 4 chunks", 4 * storebadger.BodyChunk},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			want := randBytes(tc.size, uint64(i))
@@ -394,7 +423,7 @@ func TestBodyRoundTrip(t *testing.T) {
 			if got := e.body(t, m.ID); !bytes.Equal(got, want) {
 				t.Errorf("Body differs: got %d bytes, want %d", len(got), len(want))
 			}
-			wantChunks := (tc.size + store.BodyChunk - 1) / store.BodyChunk
+			wantChunks := (tc.size + storebadger.BodyChunk - 1) / storebadger.BodyChunk
 			if k := e.keys(t, "q/b/"+m.ID); len(k) != wantChunks {
 				t.Errorf("%d body chunks stored, want %d", len(k), wantChunks)
 			}
@@ -405,20 +434,6 @@ func TestBodyRoundTrip(t *testing.T) {
 			}
 			if err := iotest.TestReader(r, want); err != nil {
 				t.Errorf("Body reader: %v", err)
-			}
-			// BodyTxn reads the same inside a transaction.
-			err = e.db.View(func(txn *badger.Txn) error {
-				got, err := io.ReadAll(spool.BodyTxn(txn, m))
-				if err != nil {
-					return err
-				}
-				if !bytes.Equal(got, want) {
-					t.Errorf("BodyTxn differs: got %d bytes, want %d", len(got), len(want))
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
 			}
 		})
 	}
@@ -533,7 +548,7 @@ func TestHoldRelease(t *testing.T) {
 func TestDelete(t *testing.T) {
 	e := newEnv(t)
 	keep := e.enqueue(t, []byte("keep"), rcpt("k@example.net"))
-	big := randBytes(2*store.BodyChunk+5, 2)
+	big := randBytes(2*storebadger.BodyChunk+5, 2)
 	del := e.enqueue(t, big, rcpt("d1@example.net"), rcpt("d2@example.net"))
 	if err := e.s.Delete(del.ID); err != nil {
 		t.Fatal(err)
@@ -570,9 +585,9 @@ func TestNotFound(t *testing.T) {
 		{"Get", func() error { _, err := e.s.Get(id); return err }},
 		{"Body", func() error { _, err := e.s.Body(id); return err }},
 		{"Update", func() error {
-			return e.s.Update(id, func(*spool.Tx, *spool.Message) error {
+			return e.s.Update(id, nil, func(*spool.Message) (spool.Effects, error) {
 				t.Error("Update called fn for a missing message")
-				return nil
+				return spool.Effects{}, nil
 			})
 		}},
 		{"Hold", func() error { return e.s.Hold(id) }},
@@ -840,8 +855,8 @@ func TestUpdateAllFinalRemovesMessage(t *testing.T) {
 	}{
 		{"one delivered", 10, false, []spool.State{spool.Delivered}},
 		{"delivered and failed", 100, false, []spool.State{spool.Delivered, spool.Failed}},
-		{"all failed, multi-chunk", 2*store.BodyChunk + 1, false, []spool.State{spool.Failed, spool.Failed, spool.Failed}},
-		{"exactly one chunk", store.BodyChunk, false, []spool.State{spool.Delivered}},
+		{"all failed, multi-chunk", 2*storebadger.BodyChunk + 1, false, []spool.State{spool.Failed, spool.Failed, spool.Failed}},
+		{"exactly one chunk", storebadger.BodyChunk, false, []spool.State{spool.Delivered}},
 		{"held", 10, true, []spool.State{spool.Failed}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -868,22 +883,21 @@ func TestUpdateAllFinalRemovesMessage(t *testing.T) {
 					t.Fatal("message Done with a pending recipient")
 				}
 			}
-			// The last outcome commits together with another write (a
-			// local delivery into the mailbox store).
-			mailboxKey := []byte("m/test/" + m.ID)
-			err := e.s.Update(m.ID, func(txn *spool.Tx, m *spool.Message) error {
+			// The last outcome commits together with a local delivery
+			// into the mailbox store.
+			e.account(t, "owner@example.org")
+			err := e.s.Update(m.ID, nil, func(m *spool.Message) (spool.Effects, error) {
 				last := len(tc.final) - 1
 				m.Rcpts[last].State = tc.final[last]
 				m.Rcpts[last].Attempts++
-				return txn.Set(mailboxKey, []byte("delivered"))
+				return spool.Effects{File: &spool.Filing{Accounts: []string{"owner@example.org"}, Date: t0}}, nil
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
 			e.assertGone(t, m.ID)
-			err = e.db.View(func(txn *badger.Txn) error { _, err := txn.Get(mailboxKey); return err })
-			if err != nil {
-				t.Errorf("write made in the same Update is missing: %v", err)
+			if n := e.inboxCount(t, "owner@example.org"); n != 1 {
+				t.Errorf("the delivery made in the same Update left %d message(s) in the INBOX, want 1", n)
 			}
 			if n := e.count(t); n != 1 {
 				t.Errorf("Count = %d, want 1", n)
@@ -919,24 +933,26 @@ func TestUpdateErrorChangesNothing(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			body := randBytes(store.BodyChunk+10, 4)
+			body := randBytes(storebadger.BodyChunk+10, 4)
 			m := e.enqueue(t, body, rcpt("a@example.net"), rcptAt("b@example.net", t0.Add(time.Minute)))
 			before := e.get(t, m.ID)
 			dueBefore := e.due(t, t0.Add(time.Hour), 10)
 			keysBefore := e.keys(t, "q/")
 
 			errBoom := errors.New("boom")
-			sideKey := []byte("m/test/side-effect")
+			e.account(t, "owner@example.org")
 			changed := e.s.Changed()
-			err := e.s.Update(m.ID, func(txn *spool.Tx, m *spool.Message) error {
+			err := e.s.Update(m.ID, nil, func(m *spool.Message) (spool.Effects, error) {
 				tc.fn(m)
-				if err := txn.Set(sideKey, []byte("x")); err != nil {
-					return err
-				}
-				return errBoom
+				return spool.Effects{File: &spool.Filing{Accounts: []string{"owner@example.org"}, Date: t0}}, errBoom
 			})
 			if !errors.Is(err, errBoom) {
 				t.Fatalf("Update = %v, want an error wrapping %v", err, errBoom)
+			}
+			select {
+			case <-changed:
+				t.Error("a failed Update signalled a change")
+			default:
 			}
 			if after := e.get(t, m.ID); !reflect.DeepEqual(after, before) {
 				t.Errorf("message changed:\n%+v\nwas\n%+v", after, before)
@@ -950,14 +966,8 @@ func TestUpdateErrorChangesNothing(t *testing.T) {
 			if !bytes.Equal(e.body(t, m.ID), body) {
 				t.Error("body changed")
 			}
-			err = e.db.View(func(txn *badger.Txn) error { _, err := txn.Get(sideKey); return err })
-			if !errors.Is(err, badger.ErrKeyNotFound) {
-				t.Errorf("fn's own write was committed (Get err %v)", err)
-			}
-			select {
-			case <-changed:
-				t.Error("a failed Update signalled a change")
-			default:
+			if n := e.inboxCount(t, "owner@example.org"); n != 0 {
+				t.Errorf("the filing of a failed Update left %d message(s) in the INBOX", n)
 			}
 		})
 	}
@@ -972,9 +982,9 @@ func TestUpdateConcurrent(t *testing.T) {
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
-			err := e.s.Update(m.ID, func(_ *spool.Tx, m *spool.Message) error {
+			err := e.s.Update(m.ID, nil, func(m *spool.Message) (spool.Effects, error) {
 				m.Rcpts[0].Attempts++
-				return nil
+				return spool.Effects{}, nil
 			})
 			if err != nil {
 				t.Error(err)
@@ -985,29 +995,6 @@ func TestUpdateConcurrent(t *testing.T) {
 	if got := e.get(t, m.ID).Rcpts[0].Attempts; got != n {
 		t.Errorf("Attempts = %d after %d concurrent increments", got, n)
 	}
-}
-
-// TestUpdateReadsBodyInTxn: a delivery reads the body with BodyTxn in the
-// transaction that records its outcome.
-func TestUpdateReadsBodyInTxn(t *testing.T) {
-	e := newEnv(t)
-	body := randBytes(store.BodyChunk*2+3, 5)
-	m := e.enqueue(t, body, rcpt("a@example.net"))
-	err := e.s.Update(m.ID, func(txn *spool.Tx, m *spool.Message) error {
-		got, err := io.ReadAll(spool.BodyTxn(txn.Txn, m))
-		if err != nil {
-			return err
-		}
-		if !bytes.Equal(got, body) {
-			t.Errorf("BodyTxn in Update: %d bytes differ from the %d enqueued", len(got), len(body))
-		}
-		m.Rcpts[0].State = spool.Delivered
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.assertGone(t, m.ID)
 }
 
 func TestChanged(t *testing.T) {
@@ -1051,9 +1038,9 @@ func TestChanged(t *testing.T) {
 		{"Hold", func() error { return e.s.Hold(m.ID) }},
 		{"Release", func() error { return e.s.Release(m.ID) }},
 		{"Update", func() error {
-			return e.s.Update(m.ID, func(_ *spool.Tx, m *spool.Message) error {
+			return e.s.Update(m.ID, nil, func(m *spool.Message) (spool.Effects, error) {
 				m.Rcpts[0].NextAttempt = t0.Add(time.Minute)
-				return nil
+				return spool.Effects{}, nil
 			})
 		}},
 		{"Delete", func() error { return e.s.Delete(m.ID) }},
@@ -1109,7 +1096,7 @@ func TestReopen(t *testing.T) {
 	if err := e.s.Hold(held.ID); err != nil {
 		t.Fatal(err)
 	}
-	bigBody := randBytes(3*store.BodyChunk+7, 6)
+	bigBody := randBytes(3*storebadger.BodyChunk+7, 6)
 	big := e.enqueue(t, bigBody, rcptAt("big@example.net", mins(5)))
 	empty := e.enqueue(t, nil, rcpt("e@example.net"))
 	gone := e.enqueue(t, []byte("gone"), rcpt("g@example.net"))
@@ -1204,8 +1191,8 @@ func TestLargeMessage(t *testing.T) {
 	if n != size || !bytes.Equal(h.Sum(nil), want[:]) {
 		t.Errorf("body after reopen: %d bytes, sha256 %x; want %d bytes, %x", n, h.Sum(nil), size, want)
 	}
-	if k := e.keys(t, "q/b/"+m.ID); len(k) != int(store.NumChunks(int64(size))) {
-		t.Errorf("%d chunks, want %d", len(k), store.NumChunks(int64(size)))
+	if k := e.keys(t, "q/b/"+m.ID); len(k) != int(storebadger.NumChunks(int64(size))) {
+		t.Errorf("%d chunks, want %d", len(k), storebadger.NumChunks(int64(size)))
 	}
 
 	e.update(t, m.ID, func(m *spool.Message) {
@@ -1215,103 +1202,57 @@ func TestLargeMessage(t *testing.T) {
 	e.assertGone(t, m.ID)
 }
 
-// TestEnqueueTxn: EnqueueTxn writes into the caller's transaction; nothing is
-// visible before the commit and nothing at all if the caller discards it.
-func TestEnqueueTxn(t *testing.T) {
+// TestNotices: a notice (a bounce) is queued in the update that records the
+// failure it reports, and not at all when that update fails.
+func TestNotices(t *testing.T) {
 	e := newEnv(t)
 	newMsg := func() *spool.Message {
 		return &spool.Message{ID: e.s.NewID(), From: "", Rcpts: []spool.Recipient{{Address: "a@example.org", Notify: []string{"NEVER"}}}}
 	}
-	body := randBytes(store.BodyChunk+100, 9)
-
-	t.Run("commit", func(t *testing.T) {
-		m := newMsg()
-		txn := e.s.Begin()
-		defer txn.Discard()
-		if err := e.s.EnqueueTxn(txn, m, bytes.NewReader(body)); err != nil {
-			t.Fatal(err)
-		}
-		if err := txn.Set([]byte("m/test/with-"+m.ID), nil); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := e.s.Get(m.ID); !errors.Is(err, spool.ErrNotFound) {
-			t.Errorf("message visible before commit (Get err %v)", err)
-		}
-		if err := e.s.Commit(txn); err != nil {
-			t.Fatal(err)
-		}
-		got := e.get(t, m.ID)
-		if got.Size != int64(len(body)) || !got.Arrived.Equal(t0) || got.Rcpts[0].State != spool.Pending || !got.Due.Equal(t0) {
-			t.Errorf("message after commit: %+v", got)
-		}
-		if !bytes.Equal(e.body(t, m.ID), body) {
-			t.Error("body differs")
-		}
-		if !slices.Contains(e.due(t, t0, 10), m.ID) {
-			t.Error("not due")
-		}
-	})
-	t.Run("discard", func(t *testing.T) {
-		before := e.keys(t, "q/")
-		m := newMsg()
-		txn := e.s.Begin()
-		if err := e.s.EnqueueTxn(txn, m, bytes.NewReader(body)); err != nil {
-			t.Fatal(err)
-		}
-		txn.Discard()
-		_, err := e.s.Get(m.ID)
-		assertNotFound(t, "Get after discard", err)
-		if after := e.keys(t, "q/"); !slices.Equal(after, before) {
-			t.Errorf("keys changed by a discarded EnqueueTxn: %d before, %d after", len(before), len(after))
-		}
-	})
+	body := randBytes(storebadger.BodyChunk+100, 9)
 	t.Run("rejects", func(t *testing.T) {
-		txn := e.s.Begin()
-		defer txn.Discard()
-		if err := e.s.EnqueueTxn(txn, &spool.Message{Rcpts: newMsg().Rcpts}, bytes.NewReader(nil)); err == nil {
-			t.Error("EnqueueTxn without ID succeeded")
+		if _, err := e.s.Notice(&spool.Message{Rcpts: newMsg().Rcpts}, nil); err == nil {
+			t.Error("Notice without ID succeeded")
 		}
-		if err := e.s.EnqueueTxn(txn, &spool.Message{ID: e.s.NewID()}, bytes.NewReader(nil)); err == nil {
-			t.Error("EnqueueTxn without recipients succeeded")
+		if _, err := e.s.Notice(&spool.Message{ID: e.s.NewID()}, nil); err == nil {
+			t.Error("Notice without recipients succeeded")
 		}
 	})
-	// A bounce is queued in the transaction that records the failure.
 	t.Run("bounce in Update", func(t *testing.T) {
 		orig := e.enqueue(t, []byte("original"), rcpt("x@example.net"))
-		var bounce *spool.Message
-		err := e.s.Update(orig.ID, func(txn *spool.Tx, m *spool.Message) error {
+		bounce := newMsg()
+		err := e.s.Update(orig.ID, nil, func(m *spool.Message) (spool.Effects, error) {
 			m.Rcpts[0].State = spool.Failed
 			m.Rcpts[0].Reply = spool.NewReply(550, "5.1.1", "no such user")
-			orig, err := io.ReadAll(spool.BodyTxn(txn.Txn, m))
-			if err != nil {
-				return err
-			}
-			bounce = newMsg()
-			return e.s.EnqueueTxn(txn, bounce, bytes.NewReader(append([]byte("bounce of "), orig...)))
+			n, err := e.s.Notice(bounce, append([]byte("bounce of "), body...))
+			return spool.Effects{Notices: []spool.Notice{n}}, err
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 		e.assertGone(t, orig.ID)
-		if got := e.body(t, bounce.ID); string(got) != "bounce of original" {
-			t.Errorf("bounce body = %q", got)
+		if got := e.body(t, bounce.ID); !bytes.Equal(got, append([]byte("bounce of "), body...)) {
+			t.Errorf("bounce body of %d bytes differs", len(got))
+		}
+		got := e.get(t, bounce.ID)
+		if got.Size != int64(len(body)+10) || !got.Arrived.Equal(t0) || got.Rcpts[0].State != spool.Pending {
+			t.Errorf("bounce: %+v", got)
 		}
 		if !slices.Contains(e.due(t, t0, 10), bounce.ID) {
 			t.Error("bounce not due")
 		}
 	})
-	// An Update whose fn fails after EnqueueTxn queues no bounce.
 	t.Run("bounce rolled back", func(t *testing.T) {
 		orig := e.enqueue(t, []byte("original"), rcpt("x@example.net"))
 		errBoom := errors.New("boom")
-		var bounce *spool.Message
-		err := e.s.Update(orig.ID, func(txn *spool.Tx, m *spool.Message) error {
+		bounce := newMsg()
+		err := e.s.Update(orig.ID, nil, func(m *spool.Message) (spool.Effects, error) {
 			m.Rcpts[0].State = spool.Failed
-			bounce = newMsg()
-			if err := e.s.EnqueueTxn(txn, bounce, bytes.NewReader(body)); err != nil {
-				return err
+			n, err := e.s.Notice(bounce, body)
+			if err != nil {
+				return spool.Effects{}, err
 			}
-			return errBoom
+			return spool.Effects{Notices: []spool.Notice{n}}, errBoom
 		})
 		if !errors.Is(err, errBoom) {
 			t.Fatalf("Update = %v", err)
@@ -1426,7 +1367,7 @@ func TestPendingMessageStaysDue(t *testing.T) {
 	}
 }
 
-// TestEnqueueInMemory: store.Options.InMemory (for tests) must hold the
+// TestEnqueueInMemory: storebadger.Options.InMemory (for tests) must hold the
 // bodies the spool writes. Two problems:
 //   - Badger in memory rejects values larger than ValueThreshold (64 KiB,
 //     store.go:59), but the spool writes BodyChunk (1 MiB, store.go:62) pieces,
@@ -1443,10 +1384,10 @@ func TestEnqueueInMemory(t *testing.T) {
 		bug  string
 	}{
 		{4 << 10, ""},
-		{store.ValueThreshold - 1, ""},
-		{store.ValueThreshold, ""},
-		{store.ValueThreshold + 1, ""},
-		{store.BodyChunk + 1, ""},
+		{storebadger.ValueThreshold - 1, ""},
+		{storebadger.ValueThreshold, ""},
+		{storebadger.ValueThreshold + 1, ""},
+		{storebadger.BodyChunk + 1, ""},
 	} {
 		t.Run(fmt.Sprint(tc.size), func(t *testing.T) {
 			if tc.bug != "" {
@@ -1455,12 +1396,12 @@ func TestEnqueueInMemory(t *testing.T) {
 					return
 				}
 			}
-			db, err := store.Open("", store.Options{InMemory: true})
+			db, err := storebadger.Open("", storebadger.Options{InMemory: true})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer db.Close()
-			s := spool.New(db, newClock().Now)
+			s := spool.New(storebadger.New(db, nil), newClock().Now)
 			body := randBytes(tc.size, 8)
 			m := &spool.Message{ID: s.NewID(), From: "a@example.org", Rcpts: []spool.Recipient{rcpt("b@example.net")}}
 			if err := s.Enqueue(m, bytes.NewReader(body)); err != nil {

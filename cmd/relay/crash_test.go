@@ -26,9 +26,9 @@ func crashMessage(g, i int) []byte {
 	size := 2<<10 + (g*7919+i*104729)%(6<<10)
 	switch {
 	case i%24 == 23:
-		size = 1<<20 + 300<<10 // more than one store.BodyChunk
+		size = 1<<20 + 300<<10 // more than one body chunk
 	case i%4 == 3:
-		size = 100 << 10 // above store.ValueThreshold
+		size = 100 << 10 // above the value-log threshold
 	}
 	for n := 0; b.Len() < size; n++ {
 		fmt.Fprintf(&b, "%s line %06d abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n", key, n)

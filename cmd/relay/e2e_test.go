@@ -28,7 +28,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
-	"github.com/relaymail/relay/internal/store"
+	storebadger "github.com/relaymail/relay/internal/store/badger"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/spool"
 )
@@ -714,13 +714,14 @@ type stored struct {
 // admits one process at a time.
 func readStored(t *testing.T, data string, users ...string) []stored {
 	t.Helper()
-	db, err := store.Open(data, store.Options{})
+	db, err := storebadger.Open(data, storebadger.Options{})
 	if err != nil {
 		t.Fatalf("open the database in %s: %v", data, err)
 	}
 	defer db.Close()
+	engine := storebadger.New(db, nil)
 	var out []stored
-	sp := spool.New(db, nil)
+	sp := spool.New(engine, nil)
 	ms, err := sp.List()
 	if err != nil {
 		t.Fatal(err)
@@ -736,7 +737,7 @@ func readStored(t *testing.T, data string, users ...string) []stored {
 		}
 		out = append(out, stored{where: "queue", id: m.ID, from: m.From, size: m.Size, content: string(b)})
 	}
-	boxes := mailbox.New(db, nil)
+	boxes := mailbox.New(engine, nil)
 	for _, u := range users {
 		msgs, err := boxes.Messages(u, "INBOX")
 		if err != nil {

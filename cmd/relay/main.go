@@ -30,7 +30,7 @@ func (e usageError) Error() string { return e.msg }
 func usagef(format string, a ...any) error { return usageError{msg: fmt.Sprintf(format, a...)} }
 
 const usage = `usage:
-  relay [--data DIR] [--config FILE] SUBCOMMAND ...
+  relay [--data DIR] [--store S] [--config FILE] SUBCOMMAND ...
   relay serve [--config FILE] [--data DIR] [flags]     run the relay
   relay user add|passwd|del|list ADDRESS [--password-stdin] [--force]
   relay queue list [--json] [filters] | show ID [--body] [--json] | tail [-n N] [-f] [--json] |
@@ -38,8 +38,9 @@ const usage = `usage:
   relay sendmail [-t] [-i] [-f FROM] [-F NAME] [RCPT...]   queue the message on stdin
   relay config check [--config FILE]                    validate settings
   relay version
-Every subcommand takes --data DIR (default ./relay-data, env RELAY_DATA) and
---config FILE, before or after the subcommand. 'relay SUBCOMMAND -h' tells more.
+Every subcommand takes --data DIR (default ./relay-data, env RELAY_DATA),
+--store badger|postgres://... (env RELAY_STORE) and --config FILE, before or
+after the subcommand. 'relay SUBCOMMAND -h' tells more.
 `
 
 // helps is the usage text of each subcommand, printed for -h and on bad usage
@@ -164,7 +165,7 @@ func isHelp(arg string) bool { return arg == "-h" || arg == "-help" || arg == "-
 // globalFlags are the flags that may stand before the subcommand (`relay
 // --data DIR queue list`); each takes a value. hoistGlobals moves them behind
 // the subcommand's verb, where every subcommand parses them.
-var globalFlags = []string{"data", "config"}
+var globalFlags = []string{"data", "config", "store"}
 
 // verbCommands are the subcommands whose first argument is a verb.
 var verbCommands = []string{"user", "queue", "config"}
@@ -181,7 +182,7 @@ func hoistGlobals(args []string) (cmd string, rest []string, err error) {
 		}
 		name, _, hasValue := strings.Cut(strings.TrimLeft(arg, "-"), "=")
 		if !slices.Contains(globalFlags, name) {
-			return "", nil, usagef("%s cannot stand before the subcommand (only --data and --config can)", arg)
+			return "", nil, usagef("%s cannot stand before the subcommand (only --data, --config and --store can)", arg)
 		}
 		moved = append(moved, arg)
 		if !hasValue {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,83 +16,83 @@ import (
 
 	"github.com/relaymail/relay/internal/admin"
 	"github.com/relaymail/relay/internal/config"
-	"github.com/relaymail/relay/internal/store"
 	"github.com/relaymail/relay/relay"
 	"github.com/relaymail/relay/spool"
 )
 
 // clientFlags are the flags every subcommand but serve shares.
 type clientFlags struct {
-	data string
-	file string
+	data  string
+	file  string
+	store string
 }
 
 func (c *clientFlags) bind(fs *flag.FlagSet) {
-	c.data = config.Default().Data
+	def := config.Default()
+	c.data, c.store = def.Data, def.Store
 	fs.StringVar(&c.data, "data", c.data, "data directory (env RELAY_DATA)")
-	fs.StringVar(&c.file, "config", "", "TOML configuration file (for its data setting)")
+	fs.StringVar(&c.file, "config", "", "TOML configuration file (for its data and store settings)")
+	fs.StringVar(&c.store, "store", c.store, "storage: badger or a postgres:// URL (env RELAY_STORE)")
 }
 
-// dataDir resolves --data against the config file: an explicit flag wins,
-// then the file's data setting, then RELAY_DATA and the default.
-func (c *clientFlags) dataDir(fs *flag.FlagSet) (string, error) {
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "data" })
-	if set || c.file == "" {
-		return c.data, nil
+// where is the data directory and store a client command works on.
+type where struct{ dir, store string }
+
+// resolve resolves --data and --store against the config file: an explicit
+// flag wins, then the environment, then the file's setting, then the
+// default.
+func (c *clientFlags) resolve(fs *flag.FlagSet) (where, error) {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	w := where{dir: c.data, store: c.store}
+	if c.file == "" {
+		return w, config.CheckStore(w.store)
 	}
 	cfg := config.Default()
 	if err := cfg.Load(c.file); err != nil {
-		return "", err
+		return where{}, err
 	}
-	if env := os.Getenv("RELAY_DATA"); env != "" {
-		return env, nil
+	if !set["data"] {
+		w.dir = cmp.Or(os.Getenv("RELAY_DATA"), cfg.Data)
 	}
-	return cfg.Data, nil
+	if !set["store"] {
+		w.store = cmp.Or(os.Getenv("RELAY_STORE"), cfg.Store)
+	}
+	return w, config.CheckStore(w.store)
 }
 
 // withSpool runs remote against the running server, or, when none answers on
-// the socket, local against the spool on the database opened directly.
-func withSpool(dir string, remote func(*admin.Client) error, local func(*spool.Spool) error) error {
-	return withDB(dir, false, remote, func(db *store.DB) error { return local(spool.New(db, nil)) })
+// the socket, local against the spool on the store opened directly.
+func withSpool(w where, remote func(*admin.Client) error, local func(*spool.Spool) error) error {
+	return withStore(w, false, remote, func(st *relay.Storage) error { return local(spool.New(st, nil)) })
 }
 
-// withDB runs remote against the running server, or, when none answers on the
-// socket, local against the database opened directly (Badger allows one
-// process at a time, so it cannot be opened beside a running server).
-// With create, a missing database is made and the user told where (an
-// operator may add users before the first start); without, a missing one is
-// an error that names the directory, since a relative --data run from the
-// wrong directory would otherwise work on a new, empty database.
-func withDB(dir string, create bool, remote func(*admin.Client) error, local func(*store.DB) error) error {
-	err := remote(admin.NewClient(admin.Socket(dir)))
+// withStore runs remote against the running server, or, when none answers
+// on the socket, local against the store opened directly (Badger allows one
+// process at a time, so it cannot be opened beside a running server;
+// PostgreSQL can). With create, a missing Badger database is made and the
+// user told where (an operator may add users before the first start);
+// without, a missing one is an error that names the directory, since a
+// relative --data run from the wrong directory would otherwise work on a
+// new, empty database.
+func withStore(w where, create bool, remote func(*admin.Client) error, local func(*relay.Storage) error) error {
+	err := remote(admin.NewClient(admin.Socket(w.dir)))
 	if !errors.Is(err, admin.ErrNoServer) {
 		return err
 	}
-	abs, err := filepath.Abs(dir)
+	abs, err := filepath.Abs(w.dir)
 	if err != nil {
-		return fmt.Errorf("data directory %s: %w", dir, err)
+		return fmt.Errorf("data directory %s: %w", w.dir, err)
 	}
 	_, statErr := os.Stat(abs)
 	_, err = os.Stat(filepath.Join(abs, "MANIFEST"))
-	fresh := err != nil
-	if fresh && !create {
-		return fmt.Errorf("no relay data in %s: point --data (or RELAY_DATA) at the data directory relay serve uses", abs)
-	}
-	if statErr == nil {
-		if err := relay.CheckSpace(abs); err != nil {
-			return err
-		}
-	}
-	db, err := store.Open(abs, store.Options{})
-	if errors.Is(err, store.ErrLocked) {
-		return fmt.Errorf("the database in %s is in use but no server answers on %s", abs, admin.Socket(abs))
-	}
+	fresh := err != nil && !relay.IsPostgres(w.store)
+	st, err := relay.OpenStorage(context.Background(), w.store, abs, relay.StoreOptions{Create: create})
 	if err != nil {
 		return err
 	}
-	err = local(db)
-	if cerr := db.Close(); err == nil {
+	err = local(st)
+	if cerr := st.Close(); err == nil {
 		err = cerr
 	}
 	switch {
@@ -121,7 +122,7 @@ func queueCmd(args []string, stdout, _ io.Writer) error {
 	if err != nil {
 		return flagError(err)
 	}
-	dir, err := cf.dataDir(fs)
+	dir, err := cf.resolve(fs)
 	if err != nil {
 		return err
 	}

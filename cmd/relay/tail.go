@@ -17,7 +17,7 @@ import (
 
 // tail prints the mail log's events, like `tail [-n N] [-f] maillog`. Past
 // events come from the database when no server runs; following needs one.
-func tail(ctx context.Context, dir string, req relay.TailRequest, asJSON bool, w io.Writer) error {
+func tail(ctx context.Context, dir where, req relay.TailRequest, asJSON bool, w io.Writer) error {
 	if req.N < 0 {
 		return usagef("queue tail: -n must not be negative")
 	}
@@ -38,10 +38,13 @@ func tail(ctx context.Context, dir string, req relay.TailRequest, asJSON bool, w
 			return readEvents(r, print)
 		},
 		func(sp *spool.Spool) error {
-			if req.Follow {
+			// On a shared PostgreSQL store the log of every node can be
+			// followed straight from the database; Badger's followers
+			// need the server that holds it.
+			if req.Follow && !relay.IsPostgres(dir.store) {
 				return errors.New("queue tail -f follows a running server, and none answers: start relay serve, or drop -f")
 			}
-			return sp.Tail(ctx, req.N, false, print)
+			return sp.Tail(ctx, req.N, req.Follow, print)
 		})
 }
 

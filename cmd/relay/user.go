@@ -15,7 +15,6 @@ import (
 
 	"github.com/relaymail/relay/internal/admin"
 	"github.com/relaymail/relay/internal/config"
-	"github.com/relaymail/relay/internal/store"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/relay"
 )
@@ -36,7 +35,7 @@ func userCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return flagError(err)
 	}
-	dir, err := cf.dataDir(fs)
+	dir, err := cf.resolve(fs)
 	if err != nil {
 		return err
 	}
@@ -141,8 +140,8 @@ func readPassword(stdin io.Reader, stderr io.Writer, fromStdin bool) (string, er
 
 // withBoxes is withSpool for the mailbox store; create makes the database
 // when there is none yet.
-func withBoxes(dir string, create bool, remote func(*admin.Client) error, local func(*mailbox.Store) error) error {
-	return withDB(dir, create, remote, func(db *store.DB) error { return local(mailbox.New(db, nil)) })
+func withBoxes(w where, create bool, remote func(*admin.Client) error, local func(*mailbox.Store) error) error {
+	return withStore(w, create, remote, func(st *relay.Storage) error { return local(mailbox.New(st, nil)) })
 }
 
 // localDomains are the local domains for `relay user` without a running

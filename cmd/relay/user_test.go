@@ -16,7 +16,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
-	"github.com/relaymail/relay/internal/store"
+	storebadger "github.com/relaymail/relay/internal/store/badger"
 	"github.com/relaymail/relay/mailbox"
 )
 
@@ -206,12 +206,12 @@ func giveMail(t *testing.T, u userRun, user string) {
 		}
 		return
 	}
-	db, err := store.Open(u.data, store.Options{})
+	db, err := storebadger.Open(u.data, storebadger.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if _, _, err := mailbox.New(db, nil).Append(user, "INBOX", strings.NewReader(msg), time.Now(), nil); err != nil {
+	if _, _, err := mailbox.New(storebadger.New(db, nil), nil).Append(user, "INBOX", strings.NewReader(msg), time.Now(), nil); err != nil {
 		t.Fatalf("append to the INBOX of %s: %v", user, err)
 	}
 }

@@ -5,6 +5,7 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,7 +23,10 @@ import (
 
 // Config is every setting of `relay serve`.
 type Config struct {
-	Data        string   `toml:"data"`
+	Data string `toml:"data"`
+	// Store picks the storage engine: "badger" (embedded, in Data) or a
+	// postgres:// URL of a database several relay nodes share.
+	Store       string   `toml:"store"`
 	Hostname    string   `toml:"hostname"`
 	Domains     []string `toml:"domain"`
 	SMTP        string   `toml:"smtp"`
@@ -90,6 +94,7 @@ func Default() Config {
 	}
 	return Config{
 		Data:           data,
+		Store:          cmp.Or(os.Getenv("RELAY_STORE"), "badger"),
 		Hostname:       "localhost",
 		Domains:        []string{"localhost"},
 		SMTP:           "127.0.0.1:2525",
@@ -187,6 +192,9 @@ func (c *Config) Validate() error {
 	if c.Data == "" {
 		errs = append(errs, errors.New("data: must name a directory"))
 	}
+	if err := CheckStore(c.Store); err != nil {
+		errs = append(errs, err)
+	}
 	if c.Hostname == "" {
 		errs = append(errs, errors.New("hostname: must not be empty"))
 	}
@@ -252,6 +260,14 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("log-format: %q is not text or json", c.LogFormat))
 	}
 	return errors.Join(errs...)
+}
+
+// CheckStore validates a store setting: badger, or a postgres:// URL.
+func CheckStore(store string) error {
+	if store == "badger" || strings.HasPrefix(store, "postgres://") || strings.HasPrefix(store, "postgresql://") {
+		return nil
+	}
+	return fmt.Errorf("store: %q is neither badger nor a postgres:// URL", store)
 }
 
 // FileError is a problem with the configuration file (not with the command
@@ -390,6 +406,7 @@ func ParseSize(s string) (int64, error) {
 // Bind registers the serve flags on fs, writing into c.
 func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.Data, "data", c.Data, "data directory (env RELAY_DATA)")
+	fs.StringVar(&c.Store, "store", c.Store, "storage: badger (in the data directory) or a postgres:// URL (env RELAY_STORE)")
 	fs.StringVar(&c.Hostname, "hostname", c.Hostname, "host name in greetings and Received: headers")
 	fs.Var(&list{v: &c.Domains}, "domain", "local `domain` (repeatable)")
 	fs.StringVar(&c.SMTP, "smtp", c.SMTP, "relay SMTP listener, no AUTH, local domains only (or off)")
@@ -445,6 +462,9 @@ func FromArgs(name string, args []string) (Config, []string, error) {
 		}
 		if env := os.Getenv("RELAY_DATA"); env != "" {
 			c.Data = env
+		}
+		if env := os.Getenv("RELAY_STORE"); env != "" {
+			c.Store = env
 		}
 	}
 	fs = newFlagSet(name, &c, &file)

@@ -3,7 +3,6 @@ package imapd_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,10 +17,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
+	storebadger "github.com/relaymail/relay/internal/store/badger"
+
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/relaymail/relay/internal/store"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/mailbox/imapd"
 )
@@ -48,7 +47,7 @@ func FuzzIMAPSession(f *testing.F) {
 	rec := &panicRecorder{}
 	srvTLS, _ := selfSigned(f)
 	// No fsync: the inputs run by the thousand and survive no crash.
-	ts := startServerOpts(f, imapd.Config{TLS: srvTLS, AppendLimit: 64 << 10, Log: slog.New(rec)}, store.Options{Sync: store.SyncNone})
+	ts := startServerOpts(f, imapd.Config{TLS: srvTLS, AppendLimit: 64 << 10, Log: slog.New(rec)}, storebadger.Options{Sync: storebadger.SyncNone})
 	cheapPassword(f, ts)
 	f.Fuzz(func(t *testing.T, in []byte) {
 		if len(in) > 64<<10 {
@@ -72,33 +71,17 @@ func FuzzIMAPSession(f *testing.F) {
 
 // cheapPassword gives testUser a bcrypt hash of the lowest cost, so that
 // a LOGIN costs the fuzzer microseconds rather than the default cost's
-// 50 ms. It rewrites the account record in place (mailbox keeps accounts
-// as JSON under "m/u/" and the address) and checks that the login works.
+// 50 ms. It replaces the account's hash in the store and checks that the
+// login works.
 func cheapPassword(tb testing.TB, ts *testServer) {
 	tb.Helper()
 	hash, err := bcrypt.GenerateFromPassword([]byte(testPass), bcrypt.MinCost)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	key := []byte("m/u/" + testUser)
-	err = ts.db.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get(key)
-		if err != nil {
-			return err
-		}
-		var acc map[string]any
-		if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &acc) }); err != nil {
-			return err
-		}
-		acc["hash"] = hash
-		v, err := json.Marshal(acc)
-		if err != nil {
-			return err
-		}
-		return txn.Set(key, v)
-	})
+	err = ts.store.SetPasswordHash(context.Background(), testUser, hash)
 	if err != nil {
-		tb.Fatalf("cheap password (has the account record moved?): %v", err)
+		tb.Fatalf("cheap password: %v", err)
 	}
 	if _, err := ts.boxes.Authenticate(testUser, testPass); err != nil {
 		tb.Fatalf("login after the cheap password: %v", err)

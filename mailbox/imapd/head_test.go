@@ -62,7 +62,7 @@ func TestStoredHeaderSameAnswers(t *testing.T) {
 	// Every message but the one with the long header has its header kept
 	// apart; take them away, as in a database from before they were.
 	heads := 0
-	err := ts.db.DB.Update(func(txn *badger.Txn) error {
+	err := ts.db.Update(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("m/h/")})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {

@@ -20,11 +20,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
+	storebadger "github.com/relaymail/relay/internal/store/badger"
+	"github.com/relaymail/relay/internal/testkit"
+
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
-	"github.com/relaymail/relay/internal/store"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/mailbox/imapd"
 )
@@ -54,8 +55,9 @@ type testServer struct {
 	t     testing.TB
 	dir   string
 	cfg   imapd.Config
-	opts  store.Options
-	db    *store.DB
+	opts  storebadger.Options
+	db    *storebadger.DB
+	store *storebadger.Store
 	boxes *mailbox.Store
 	srv   *imapd.Server
 	ln    net.Listener
@@ -67,11 +69,11 @@ type testServer struct {
 // serves IMAP on 127.0.0.1:0. Everything is closed in t.Cleanup.
 func startServer(t testing.TB, cfg imapd.Config) *testServer {
 	t.Helper()
-	return startServerOpts(t, cfg, store.Options{})
+	return startServerOpts(t, cfg, storebadger.Options{})
 }
 
 // startServerOpts is startServer with store options.
-func startServerOpts(t testing.TB, cfg imapd.Config, opts store.Options) *testServer {
+func startServerOpts(t testing.TB, cfg imapd.Config, opts storebadger.Options) *testServer {
 	t.Helper()
 	ts := &testServer{t: t, dir: t.TempDir(), cfg: cfg, opts: opts}
 	ts.open()
@@ -85,12 +87,13 @@ func startServerOpts(t testing.TB, cfg imapd.Config, opts store.Options) *testSe
 
 func (ts *testServer) open() {
 	ts.t.Helper()
-	db, err := store.Open(ts.dir, ts.opts)
+	db, err := storebadger.Open(ts.dir, ts.opts)
 	if err != nil {
-		ts.t.Fatalf("store.Open: %v", err)
+		ts.t.Fatalf("open database: %v", err)
 	}
 	ts.db = db
-	ts.boxes = mailbox.New(db, nil)
+	ts.store = storebadger.New(db, nil)
+	ts.boxes = mailbox.New(ts.store, nil)
 }
 
 func (ts *testServer) serve() {
@@ -211,23 +214,13 @@ func (ts *testServer) appendN(t testing.TB, name string, n int) {
 }
 
 // deliver files body in the INBOX the way SMTP final delivery does: one
-// transaction with DeliverTxn, retried on conflicts as spool.Update does,
-// then Notify.
+// update of the store that marks the recipient delivered and files the
+// message, which tells the sessions.
 func (ts *testServer) deliver(t testing.TB, body []byte) {
 	t.Helper()
-	var err error
-	for range 16 {
-		err = ts.db.Update(func(txn *badger.Txn) error {
-			return mailbox.DeliverTxn(txn, mailbox.NewBlobID(), bytes.NewReader(body), []string{testUser}, time.Now())
-		})
-		if !errors.Is(err, badger.ErrConflict) {
-			break
-		}
+	if err := testkit.Deliver(ts.store, body, time.Now(), testUser); err != nil {
+		t.Fatalf("deliver: %v", err)
 	}
-	if err != nil {
-		t.Fatalf("DeliverTxn: %v", err)
-	}
-	ts.boxes.Notify(testUser)
 }
 
 // selectSamples logs in, fills INBOX with the samples and selects it.

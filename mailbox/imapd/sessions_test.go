@@ -8,11 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
-	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/mailbox/imapd"
 )
 
@@ -232,54 +230,41 @@ func TestUIDsNeverReused(t *testing.T) {
 	}
 }
 
-// fillMailbox writes n messages into user's INBOX straight through the
-// store's transaction functions: one blob per distinct body, referenced by
-// many records, in batches that fit a Badger transaction. body(i) gives
-// the body index of message i; bodies[k] is stored once.
+// fillMailbox writes n messages into user's INBOX: body(i) gives the body
+// index of message i, bodies[k] its body. Distinct bodies are appended one
+// by one; a mailbox of one body repeated is made by appending it once and
+// copying what is there until there are n, which shares the one blob and
+// goes in transactions of thousands, as a bulk COPY does.
 func fillMailbox(tb testing.TB, ts *testServer, n int, bodies [][]byte, body func(i int) int) {
 	tb.Helper()
-	refs := make([]uint32, len(bodies))
-	for i := range n {
-		refs[body(i)]++
-	}
-	blobs := make([]string, len(bodies))
-	sizes := make([]int64, len(bodies))
-	const blobBatch = 500
-	for lo := 0; lo < len(bodies); lo += blobBatch {
-		err := ts.db.Update(func(txn *badger.Txn) error {
-			for k := lo; k < min(lo+blobBatch, len(bodies)); k++ {
-				if refs[k] == 0 {
-					continue
-				}
-				blobs[k] = mailbox.NewBlobID()
-				var err error
-				if sizes[k], err = mailbox.PutBlobTxn(txn, blobs[k], bytes.NewReader(bodies[k]), refs[k]); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			tb.Fatalf("PutBlobTxn: %v", err)
-		}
-	}
 	date := time.Date(2024, 6, 1, 0, 0, 0, 0, time.UTC)
-	const batch = 5000
-	for lo := 0; lo < n; lo += batch {
-		err := ts.db.Update(func(txn *badger.Txn) error {
-			for i := lo; i < min(lo+batch, n); i++ {
-				k := body(i)
-				if _, _, err := mailbox.AppendTxn(txn, testUser, "INBOX", blobs[k], sizes[k], date.Add(time.Duration(i)*time.Second), nil); err != nil {
-					return err
-				}
+	if len(bodies) > 1 {
+		for i := range n {
+			if _, _, err := ts.boxes.Append(testUser, "INBOX", bytes.NewReader(bodies[body(i)]), date.Add(time.Duration(i)*time.Second), nil); err != nil {
+				tb.Fatalf("Append %d: %v", i, err)
 			}
-			return nil
-		})
-		if err != nil {
-			tb.Fatalf("AppendTxn batch at %d: %v", lo, err)
 		}
+		return
 	}
-	ts.boxes.Notify(testUser)
+	if _, _, err := ts.boxes.Append(testUser, "INBOX", bytes.NewReader(bodies[0]), date, nil); err != nil {
+		tb.Fatalf("Append: %v", err)
+	}
+	for have := 1; have < n; {
+		mb, err := ts.boxes.GetMailbox(testUser, "INBOX")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		uids, err := ts.boxes.UIDs(mb.ID)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		uids = uids[:min(len(uids), n-have)]
+		res, err := ts.boxes.Copy(testUser, "INBOX", "INBOX", uids, false, nil)
+		if err != nil {
+			tb.Fatalf("Copy at %d: %v", have, err)
+		}
+		have += len(res.DstUIDs)
+	}
 }
 
 // Issue 4: a mailbox of 100,000 messages still opens fast.

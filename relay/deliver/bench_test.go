@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/relaymail/relay/internal/store"
+	"github.com/relaymail/relay/internal/testkit"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/relay/deliver"
 	"github.com/relaymail/relay/spool"
@@ -20,13 +20,9 @@ import (
 func BenchmarkLocalDelivery(b *testing.B) {
 	for _, accounts := range []int{1, 10} {
 		b.Run(fmt.Sprintf("accounts=%d", accounts), func(b *testing.B) {
-			db, err := store.Open(b.TempDir(), store.Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer db.Close()
-			sp := spool.New(db, time.Now)
-			boxes := mailbox.New(db, time.Now)
+			engine, _ := testkit.Badger(b, nil)
+			sp := spool.New(engine, time.Now)
+			boxes := mailbox.New(engine, time.Now)
 			users := make([]string, accounts)
 			for i := range users {
 				users[i] = fmt.Sprintf("user%d@example.test", i)

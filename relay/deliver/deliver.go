@@ -1,11 +1,17 @@
-// Package deliver is the delivery loop: it takes due messages from the
-// spool's due index and delivers each pending recipient, local ones into
-// their mailbox and remote ones through a Remote transport.
+// Package deliver is the delivery loop: it claims due messages from the
+// spool and delivers each pending recipient, local ones into their mailbox
+// and remote ones through a Remote transport.
+//
+// Work is claimed with a lease (spool.Claim), so several nodes sharing a
+// store never work on one message at once; every write of an outcome carries
+// the lease, and a node whose lease was taken over meanwhile (it stalled past
+// it) has its write refused rather than overwrite newer state. A long remote
+// delivery renews its lease as it goes.
 //
 // Local delivery is exactly-once: the mailbox insert and the recipients'
-// new state commit in one Badger transaction (spool.Update), so a crash
-// before the commit leaves the message pending and one after leaves it
-// delivered, never both.
+// new state are one operation of the store (a spool update with a filing),
+// so a crash before its commit leaves the message pending and one after
+// leaves it delivered, never both.
 //
 // Every attempt, local or remote, ends in one spool.Reply per recipient,
 // and one function (fate) decides from it and the clock what becomes of
@@ -16,14 +22,13 @@
 // DelayNotice. A failure of the relay's own storage is the fixed reply
 // spool.LocalTrouble; its error goes to the log, never into a notice.
 // While the disk is below the store's reserve (Config.LocalPaused), local
-// delivery, which copies each body into a mailbox, waits without writing
-// or counting anything, and goes on by itself when space is back.
+// delivery waits without writing or counting anything, and goes on by
+// itself when space is back.
 package deliver
 
 import (
 	"context"
 	"errors"
-	"hash/fnv"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -32,8 +37,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
+	"github.com/relaymail/relay/internal/store"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/spool"
 )
@@ -86,9 +90,18 @@ type Outcome struct {
 // again.
 const busyRetry = 2 * time.Second
 
+// leaseTime is how long a claim holds a message; a delivery that runs
+// longer renews it every leaseTime/3. A node that dies holds its messages
+// this long at most.
+const leaseTime = 2 * time.Minute
+
 // pausedWait is how often the loop looks again while local delivery is
-// paused.
-const pausedWait = time.Second
+// paused; idleWait how often it looks when nothing is due (other nodes'
+// leases run out without a notice).
+const (
+	pausedWait = time.Second
+	idleWait   = time.Minute
+)
 
 // Loop is the delivery loop.
 type Loop struct {
@@ -98,45 +111,13 @@ type Loop struct {
 	remote Remote
 	log    *slog.Logger
 
-	// beforeCommit, when set, runs inside the local-delivery transaction
-	// after the mailbox insert and before the commit: the one point where
-	// exactly-once delivery could break, where tests inject a failure or a
-	// crash (export_test.go).
+	// beforeCommit, when set, runs inside the local-delivery update
+	// after the recipients' new state is decided and before the commit:
+	// the one point where exactly-once delivery could break, where tests
+	// inject a failure or a crash (export_test.go).
 	beforeCommit func(id string) error
 
-	mu       sync.Mutex
-	inflight map[string]bool
-	idle     chan struct{}
-
-	// boxLocks serialize deliveries into the same account. Two of them
-	// touch the same mailbox counters, so under Badger's optimistic
-	// transactions all but one would conflict and redo their work; with
-	// 32 workers on one busy INBOX that halved the delivery rate.
-	boxLocks [64]sync.Mutex
-}
-
-// lockBoxes takes the delivery locks of users in a fixed order, so that two
-// messages with overlapping recipients cannot deadlock, and returns the
-// function that releases them.
-func (l *Loop) lockBoxes(users []string) func() {
-	var idx []int
-	for _, u := range users {
-		h := fnv.New32a()
-		h.Write([]byte(u))
-		i := int(h.Sum32() % uint32(len(l.boxLocks)))
-		if !slices.Contains(idx, i) {
-			idx = append(idx, i)
-		}
-	}
-	slices.Sort(idx)
-	for _, i := range idx {
-		l.boxLocks[i].Lock()
-	}
-	return func() {
-		for _, i := range idx {
-			l.boxLocks[i].Unlock()
-		}
-	}
+	kick chan struct{}
 }
 
 // New returns a loop. remote may be nil: remote recipients then wait in the
@@ -166,72 +147,68 @@ func New(cfg Config, sp *spool.Spool, boxes *mailbox.Store, remote Remote, log *
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Loop{cfg: cfg, spool: sp, boxes: boxes, remote: remote, log: log,
-		inflight: map[string]bool{}, idle: make(chan struct{}, 1)}
+	return &Loop{cfg: cfg, spool: sp, boxes: boxes, remote: remote, log: log, kick: make(chan struct{}, 1)}
 }
 
-// Kick wakes the loop to look at the due index now (after a clock change in
+// Kick wakes the loop to look for due work now (after a clock change in
 // tests, or a flush).
 func (l *Loop) Kick() {
 	select {
-	case l.idle <- struct{}{}:
+	case l.kick <- struct{}{}:
 	default:
 	}
 }
 
 // Run delivers until ctx is cancelled, then waits for deliveries in flight.
-//
-// Each round scans the due index from low, the first entry the previous
-// round found (everything before it was deleted), or from an earlier entry
-// written since (spool.ScanFrom): a scan from the start would step over the
-// tombstones of every message delivered lately, on every round.
+// Each round claims as many due messages as workers are free, earliest
+// first, and hands each to a worker; it sleeps until the queue changes on
+// any node, a worker is done, or the next message falls due.
 func (l *Loop) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	sem := make(chan struct{}, l.cfg.Workers)
-	var low time.Time
 	for {
-		// Take the change signal before the scan, so a message queued
-		// during the scan still wakes the loop.
+		// Take the change signal before the claim, so a message queued
+		// meanwhile still wakes the loop.
 		changed := l.spool.Changed()
-		now := l.spool.Now()
-		from := l.spool.ScanFrom(low)
-		ids, first, next, err := l.spool.ScanDue(from, now, 4*l.cfg.Workers+l.inflightCount())
-		if err != nil {
-			l.log.Error("scan due index", "error", err)
-			low = time.Time{} // what ScanFrom handed out is lost: start over
-		} else {
-			low = first
-			if low.IsZero() {
-				low = from
+		free := cap(sem) - len(sem)
+		var leases []spool.Lease
+		if free > 0 {
+			var err error
+			leases, err = l.spool.Claim(free, leaseTime)
+			if err != nil {
+				l.log.Error("claim due messages", "error", err)
 			}
 		}
-		for _, id := range ids {
-			if !l.claim(id) {
-				continue
-			}
+		for _, lease := range leases {
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
-				l.release(id)
+				l.spool.ReleaseLease(lease)
 				return
 			}
 			wg.Go(func() {
-				defer func() { <-sem }()
-				defer l.release(id)
-				l.process(ctx, id)
+				defer func() {
+					<-sem
+					l.Kick()
+				}()
+				l.process(ctx, lease)
 			})
 		}
-		wait := time.Minute
-		if !next.IsZero() {
-			wait = min(wait, max(next.Sub(now), 10*time.Millisecond))
+		wait := idleWait
+		if next, ok, err := l.spool.NextDue(); err == nil && ok {
+			wait = min(wait, max(next.Sub(l.spool.Now()), 10*time.Millisecond))
 		}
-		idle := l.idle
+		kick := l.kick
 		if l.localPaused() {
 			// The paused messages stay due and would be handed out
 			// again as soon as a worker is done with them: look once
 			// a second instead, until the pause ends.
-			wait, idle = pausedWait, nil
+			wait, kick = pausedWait, nil
+		}
+		if len(leases) == free && free > 0 {
+			// All workers were taken: more may be due already.
+			wait = min(wait, pausedWait)
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -239,36 +216,10 @@ func (l *Loop) Run(ctx context.Context) {
 			t.Stop()
 			return
 		case <-changed:
-		case <-idle:
+		case <-kick:
 		case <-t.C:
 		}
 		t.Stop()
-	}
-}
-
-func (l *Loop) inflightCount() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.inflight)
-}
-
-func (l *Loop) claim(id string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.inflight[id] {
-		return false
-	}
-	l.inflight[id] = true
-	return true
-}
-
-func (l *Loop) release(id string) {
-	l.mu.Lock()
-	delete(l.inflight, id)
-	l.mu.Unlock()
-	select {
-	case l.idle <- struct{}{}:
-	default:
 	}
 }
 
@@ -285,125 +236,137 @@ func isDue(r spool.Recipient, now time.Time) bool {
 	return r.State == spool.Pending && !r.NextAttempt.After(now)
 }
 
-// process delivers the due recipients of one message. It reads the message
-// once to see which deliveries it needs, and again before the remote one
-// only if a local delivery changed it in between.
-func (l *Loop) process(ctx context.Context, id string) {
-	m, err := l.spool.Get(id)
+// process delivers the due recipients of one claimed message: the local
+// ones first, keeping the lease, then the remote ones; the last write gives
+// the lease back (so does process itself when it writes nothing).
+func (l *Loop) process(ctx context.Context, lease spool.Lease) {
+	held := true
+	defer func() {
+		if held {
+			if err := l.spool.ReleaseLease(lease); err != nil && !errors.Is(err, store.ErrLeaseLost) {
+				l.log.Warn("give back a claim", "id", lease.ID, "error", err)
+			}
+		}
+	}()
+	m, err := l.spool.Get(lease.ID)
 	if err != nil {
 		if !errors.Is(err, spool.ErrNotFound) {
-			l.log.Error("read queued message", "id", id, "error", err)
+			l.log.Error("read queued message", "id", lease.ID, "error", err)
 		}
 		return
 	}
 	now := l.spool.Now()
-	var accounts []string
-	remote := false
+	local, remote := false, false
 	for _, r := range m.Rcpts {
 		switch {
 		case !isDue(r, now):
 		case l.IsLocal(r.Address):
-			accounts = append(accounts, mailbox.Resolve(r.Address))
+			local = true
 		default:
 			remote = true
 		}
 	}
-	if len(accounts) > 0 && l.localPaused() {
+	if local && l.localPaused() {
 		// Nothing is written, not even a new retry time (the disk has
 		// no room to spare): the recipients stay due, without an
 		// attempt counted, until the pause ends.
-		accounts = nil
+		local = false
 	}
-	if len(accounts) > 0 {
-		err := l.deliverLocal(id, accounts)
-		// A conflict is contention with another writer of the same
-		// mailbox, not a failure: try again soon, without counting an
-		// attempt.
-		for try := 1; errors.Is(err, badger.ErrConflict) && try <= 20; try++ {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Duration(try) * time.Duration(1+rand.IntN(5)) * time.Millisecond):
+	if local {
+		err := l.deliverLocal(lease, m, remote)
+		switch {
+		case err == nil:
+			held = remote
+		case errors.Is(err, spool.ErrNotFound), errors.Is(err, store.ErrLeaseLost):
+			l.log.Info("local delivery abandoned", "id", m.ID, "reason", err)
+			held = false
+			return
+		default:
+			l.log.Error("local delivery failed", "id", m.ID, "error", err)
+			if l.failLocal(lease, m.ID, remote) == nil {
+				held = remote
 			}
-			err = l.deliverLocal(id, accounts)
 		}
-		if err != nil && !errors.Is(err, spool.ErrNotFound) {
-			l.log.Error("local delivery failed", "id", id, "error", err)
-			l.failLocal(id)
+		if !remote {
+			return
 		}
-	}
-	if !remote {
-		return
-	}
-	if len(accounts) > 0 {
-		if m, err = l.spool.Get(id); err != nil {
+		if m, err = l.spool.Get(m.ID); err != nil {
 			return
 		}
 	}
-	l.deliverRemote(ctx, m)
+	if remote {
+		if l.deliverRemote(ctx, lease, m) {
+			held = false
+		}
+	}
 }
 
-// deliverLocal files every due local recipient of message id in one
-// transaction: one blob, one INBOX entry per distinct account, and the
-// recipients' final state. accounts are those the caller saw due; their
-// delivery locks are taken before the transaction begins, since its
-// snapshot must already hold the previous delivery into the same mailbox.
-func (l *Loop) deliverLocal(id string, accounts []string) error {
-	now := l.spool.Now()
-	defer l.lockBoxes(accounts)()
-	var users []string
-	err := l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
-		users = users[:0]
-		var idx []int
-		var reports []report
-		for i, r := range m.Rcpts {
-			if !isDue(r, now) || !l.IsLocal(r.Address) {
-				continue
-			}
-			u := mailbox.Resolve(r.Address)
-			ok, err := mailbox.UserExistsTxn(tx.Txn, u)
-			if err != nil {
-				return err
-			}
-			if !ok {
-				// The account went away after RCPT was accepted.
-				reports = l.fate(m, i, now, Outcome{Reply: noSuchUser}, reports)
-				continue
-			}
-			idx = append(idx, i)
-			if !slices.Contains(users, u) {
-				users = append(users, u)
+// deliverLocal files every due local recipient of m in one operation of
+// the store: one blob, one INBOX entry per distinct account, and the
+// recipients' final state, with the notices they call for. A recipient
+// whose account went away after RCPT was accepted fails with 5.1.1; one
+// that vanishes during the update makes the store refuse it
+// (spool.ErrNoAccount), and the update is planned again.
+func (l *Loop) deliverLocal(lease spool.Lease, m *spool.Message, keep bool) error {
+	gone := map[string]bool{}
+	for range 3 {
+		now := l.spool.Now()
+		exists := map[string]bool{}
+		for _, r := range m.Rcpts {
+			if isDue(r, now) && l.IsLocal(r.Address) {
+				u := mailbox.Resolve(r.Address)
+				if _, seen := exists[u]; seen {
+					continue
+				}
+				ok, err := l.boxes.UserExists(u)
+				if err != nil {
+					return err
+				}
+				exists[u] = ok && !gone[u]
 			}
 		}
-		if len(users) == 0 {
-			l.notifyTxn(tx, m, reports, now)
-			return nil
-		}
-		body := spool.BodyTxn(tx.Txn, m)
-		if err := mailbox.DeliverTxn(tx.Txn, mailbox.NewBlobID(), body, users, m.Arrived); err != nil {
+		err := l.spool.Update(m.ID, &lease, func(m *spool.Message) (spool.Effects, error) {
+			var users []string
+			var reports []report
+			for i, r := range m.Rcpts {
+				if !isDue(r, now) || !l.IsLocal(r.Address) {
+					continue
+				}
+				u := mailbox.Resolve(r.Address)
+				if ok, known := exists[u]; known && !ok {
+					reports = l.fate(m, i, now, Outcome{Reply: noSuchUser}, reports)
+					continue
+				}
+				if !known(exists, u) {
+					continue // due only since the plan: next round
+				}
+				if !slices.Contains(users, u) {
+					users = append(users, u)
+				}
+				reports = l.fate(m, i, now, Outcome{}, reports)
+			}
+			eff := spool.Effects{KeepLease: keep}
+			if len(users) > 0 {
+				eff.File = &spool.Filing{Accounts: users, Date: m.Arrived}
+			}
+			if l.beforeCommit != nil && len(users) > 0 {
+				if err := l.beforeCommit(m.ID); err != nil {
+					return eff, err
+				}
+			}
+			eff.Notices = l.notices(m, reports, now)
+			return eff, nil
+		})
+		var na *spool.NoAccountError
+		if !errors.As(err, &na) {
 			return err
 		}
-		if l.beforeCommit != nil {
-			if err := l.beforeCommit(m.ID); err != nil {
-				return err
-			}
-		}
-		for _, i := range idx {
-			reports = l.fate(m, i, now, Outcome{}, reports)
-		}
-		// Notices last, so that a transaction failed above queues
-		// (and logs) none.
-		l.notifyTxn(tx, m, reports, now)
-		return nil
-	})
-	if err != nil {
-		return err
+		gone[na.Account] = true
 	}
-	for _, u := range users {
-		l.boxes.Notify(u)
-	}
-	return nil
+	return errors.New("accounts kept disappearing during delivery")
 }
+
+func known(m map[string]bool, k string) bool { _, ok := m[k]; return ok }
 
 // noSuchUser is the reply for a local recipient whose account is gone.
 var noSuchUser = spool.NewReply(550, "5.1.1", "no such user")
@@ -411,25 +374,27 @@ var noSuchUser = spool.NewReply(550, "5.1.1", "no such user")
 // failLocal records a failed local attempt for every due local recipient
 // of message id: the store failed, so the reply is spool.LocalTrouble,
 // and the caller has logged the error behind it.
-func (l *Loop) failLocal(id string) {
+func (l *Loop) failLocal(lease spool.Lease, id string, keep bool) error {
 	now := l.spool.Now()
-	err := l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
+	err := l.spool.Update(id, &lease, func(m *spool.Message) (spool.Effects, error) {
 		var reports []report
 		for i, r := range m.Rcpts {
 			if isDue(r, now) && l.IsLocal(r.Address) {
 				reports = l.fate(m, i, now, Outcome{Reply: spool.LocalTrouble}, reports)
 			}
 		}
-		l.notifyTxn(tx, m, reports, now)
-		return nil
+		return spool.Effects{KeepLease: keep, Notices: l.notices(m, reports, now)}, nil
 	})
 	if err != nil && !errors.Is(err, spool.ErrNotFound) {
 		l.log.Error("record local failure", "id", id, "error", err)
 	}
+	return err
 }
 
-// deliverRemote hands the due remote recipients of m to the transport.
-func (l *Loop) deliverRemote(ctx context.Context, m *spool.Message) {
+// deliverRemote hands the due remote recipients of m to the transport,
+// renewing the lease while it runs, and records the outcomes with the
+// lease; it reports whether that write gave the lease back.
+func (l *Loop) deliverRemote(ctx context.Context, lease spool.Lease, m *spool.Message) bool {
 	now := l.spool.Now()
 	id := m.ID
 	var idx []int
@@ -439,7 +404,7 @@ func (l *Loop) deliverRemote(ctx context.Context, m *spool.Message) {
 		}
 	}
 	if len(idx) == 0 {
-		return
+		return false
 	}
 	started := func(pos []int, host string) {
 		evs := make([]spool.Event, len(pos))
@@ -457,18 +422,59 @@ func (l *Loop) deliverRemote(ctx context.Context, m *spool.Message) {
 			outcomes[i] = Outcome{Reply: notConfigured}
 		}
 	} else {
+		stop := l.renew(ctx, lease)
 		outcomes = l.remote.Deliver(ctx, m, idx, started)
+		stop()
 	}
-	err := l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
+	err := l.spool.Update(id, &lease, func(m *spool.Message) (spool.Effects, error) {
 		var reports []report
 		for j, i := range idx {
 			reports = l.fate(m, i, now, outcomes[j], reports)
 		}
-		l.notifyTxn(tx, m, reports, now)
-		return nil
+		return spool.Effects{Notices: l.notices(m, reports, now)}, nil
 	})
-	if err != nil && !errors.Is(err, spool.ErrNotFound) {
-		l.log.Error("record remote outcome", "id", id, "error", err)
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, store.ErrLeaseLost):
+		// Another node took the message over while this delivery ran
+		// (this node stalled past the lease): its state wins. The
+		// remote side may have the message twice, which remote
+		// delivery (at-least-once) allows.
+		l.log.Warn("remote outcome not recorded: the claim was taken over", "id", id)
+		return true
+	case errors.Is(err, spool.ErrNotFound):
+		return true
+	}
+	l.log.Error("record remote outcome", "id", id, "error", err)
+	return false
+}
+
+// renew extends lease every leaseTime/3 until the returned function is
+// called.
+func (l *Loop) renew(ctx context.Context, lease spool.Lease) func() {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(leaseTime / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := l.spool.Renew(lease, leaseTime); err != nil {
+					l.log.Warn("renew a claim", "id", lease.ID, "error", err)
+					return
+				}
+			}
+		}
+	})
+	return func() {
+		close(done)
+		wg.Wait()
 	}
 }
 
@@ -551,7 +557,7 @@ var operatorBounce = spool.NewReply(550, "5.0.0", "message returned to the sende
 // sender a failure notice for them, as if the queue lifetime had ended.
 func (l *Loop) Bounce(id string) error {
 	now := l.spool.Now()
-	return l.spool.Update(id, func(tx *spool.Tx, m *spool.Message) error {
+	return l.spool.Update(id, nil, func(m *spool.Message) (spool.Effects, error) {
 		var reports []report
 		for i := range m.Rcpts {
 			rc := &m.Rcpts[i]
@@ -561,7 +567,6 @@ func (l *Loop) Bounce(id string) error {
 			rc.State, rc.Reply, rc.RemoteMTA = spool.Failed, operatorBounce, ""
 			reports = append(reports, report{i: i})
 		}
-		l.notifyTxn(tx, m, reports, now)
-		return nil
+		return spool.Effects{Notices: l.notices(m, reports, now)}, nil
 	})
 }

@@ -20,16 +20,19 @@ func wants(rc spool.Recipient, kind string) bool {
 	return slices.ContainsFunc(rc.Notify, func(n string) bool { return strings.EqualFold(n, kind) })
 }
 
-// notifyTxn queues, inside tx, the delivery status notifications that
-// reports call for: one message per kind (failed, delayed, delivered). It
-// never writes to the null sender, so bounces cannot loop.
-func (l *Loop) notifyTxn(tx *spool.Tx, m *spool.Message, reports []report, now time.Time) {
+// notices builds the delivery status notifications that reports call for,
+// to be queued with the update that records the outcomes: one message per
+// kind (failed, delayed, delivered). It never writes to the null sender, so
+// bounces cannot loop. The original is read for the notice's copy of it
+// (the whole message or its header); a notice that cannot be built is
+// logged and left out, never holding up the outcome.
+func (l *Loop) notices(m *spool.Message, reports []report, now time.Time) []spool.Notice {
 	if len(reports) == 0 {
-		return
+		return nil
 	}
 	if m.From == "" {
 		l.log.Info("no notice", "id", m.ID, "reason", "null sender")
-		return
+		return nil
 	}
 	groups := map[dsn.Action][]dsn.Recipient{}
 	for _, rep := range reports {
@@ -55,6 +58,7 @@ func (l *Loop) notifyTxn(tx *spool.Tx, m *spool.Message, reports []report, now t
 		}
 		groups[kind] = append(groups[kind], r)
 	}
+	var out []spool.Notice
 	for _, kind := range []dsn.Action{dsn.Failed, dsn.Delayed, dsn.Delivered} {
 		rs := groups[kind]
 		if len(rs) == 0 {
@@ -71,22 +75,31 @@ func (l *Loop) notifyTxn(tx *spool.Tx, m *spool.Message, reports []report, now t
 			ReportingMTA: l.cfg.Hostname, To: m.From, QueueID: m.ID, NoticeID: noticeID, EnvID: m.Params.EnvID,
 			Arrived: m.Arrived, Recipients: rs, Ret: ret, UTF8: m.Params.SMTPUTF8, Now: now,
 		}
+		body, err := l.spool.Body(m.ID)
+		if err != nil {
+			l.log.Error("read original for a notice", "id", m.ID, "error", err)
+			continue
+		}
 		var buf bytes.Buffer
-		if err := dsn.Build(&buf, rep, spool.BodyTxn(tx.Txn, m)); err != nil {
+		err = dsn.Build(&buf, rep, body)
+		body.Close()
+		if err != nil {
 			l.log.Error("build notice", "id", m.ID, "error", err)
 			continue
 		}
-		notice := &spool.Message{
+		notice, err := l.spool.Notice(&spool.Message{
 			ID:      noticeID,
 			Arrived: now,
 			From:    "",
 			Params:  spool.MailParams{SMTPUTF8: m.Params.SMTPUTF8},
 			Rcpts:   []spool.Recipient{{Address: m.From, Notify: []string{"NEVER"}}},
-		}
-		if err := l.spool.EnqueueTxn(tx, notice, &buf); err != nil {
+		}, buf.Bytes())
+		if err != nil {
 			l.log.Error("queue notice", "id", m.ID, "error", err)
 			continue
 		}
-		l.log.Info("notice queued", "id", notice.ID, "about", m.ID, "action", string(kind), "to", m.From)
+		out = append(out, notice)
+		l.log.Info("notice queued", "id", noticeID, "about", m.ID, "action", string(kind), "to", m.From)
 	}
+	return out
 }

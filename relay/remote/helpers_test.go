@@ -19,11 +19,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaymail/relay/internal/testkit"
+
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/miekg/dns"
 
-	"github.com/relaymail/relay/internal/store"
 	"github.com/relaymail/relay/internal/tlsconf"
 	"github.com/relaymail/relay/relay/deliver"
 	"github.com/relaymail/relay/relay/remote"
@@ -427,12 +428,8 @@ type queue struct {
 
 func newQueue(t *testing.T) *queue {
 	t.Helper()
-	db, err := store.Open(t.TempDir(), store.Options{Sync: store.SyncNone})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return &queue{sp: spool.New(db, nil)}
+	engine, _ := testkit.Badger(t, nil)
+	return &queue{sp: spool.New(engine, nil)}
 }
 
 // add queues body from alice@a.test to rcpts (after edit has set params)

@@ -13,7 +13,7 @@ import (
 	"github.com/emersion/go-message"
 	"github.com/emersion/go-message/textproto"
 
-	"github.com/relaymail/relay/internal/store"
+	"github.com/relaymail/relay/internal/testkit"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/relay/deliver"
 	"github.com/relaymail/relay/relay/remote"
@@ -95,12 +95,8 @@ func TestRoutingRepliesAreTyped(t *testing.T) {
 // Diagnostic-Code (RFC 3464 §2.3.4, §2.3.6).
 func TestRemoteReplyReachesNotice(t *testing.T) {
 	t.Parallel()
-	db, err := store.Open(t.TempDir(), store.Options{Sync: store.SyncNone})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	sp := spool.New(db, nil)
+	engine, _ := testkit.Badger(t, nil)
+	sp := spool.New(engine, nil)
 	b := newScripted(t, script{rcpt: map[string][]string{
 		"gone@b.test": {"550 5.7.26 Unauthenticated mail from a.test is not accepted"},
 		"full@b.test": {"452 4.2.2 Mailbox full, try again later"},
@@ -108,7 +104,7 @@ func TestRemoteReplyReachesNotice(t *testing.T) {
 	a := newScripted(t, script{}) // the sender's server, which gets the notices
 	tr := newTransport(t, &queue{sp: sp}, remote.Config{Transports: map[string]string{"b.test": b.addr, "a.test": a.addr}})
 	l := deliver.New(deliver.Config{Domains: []string{"relay.test"}, Hostname: "relay.test", DelayNotice: time.Nanosecond},
-		sp, mailbox.New(db, nil), tr, nil)
+		sp, mailbox.New(engine, nil), tr, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { l.Run(ctx) })

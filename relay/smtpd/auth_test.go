@@ -19,10 +19,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaymail/relay/internal/testkit"
+
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
-	"github.com/relaymail/relay/internal/store"
 	"github.com/relaymail/relay/internal/throttle"
 	"github.com/relaymail/relay/internal/tlsconf"
 	"github.com/relaymail/relay/mailbox"
@@ -75,12 +76,8 @@ type authFixture struct {
 
 func newAuthFixture(t *testing.T) *authFixture {
 	t.Helper()
-	db, err := store.Open(t.TempDir(), store.Options{Sync: store.SyncGroup})
-	if err != nil {
-		t.Fatalf("store.Open: %v", err)
-	}
-	t.Cleanup(func() { db.Close() })
-	boxes := mailbox.New(db, nil)
+	engine, _ := testkit.Badger(t, nil)
+	boxes := mailbox.New(engine, nil)
 	if err := boxes.AddUser(subUser, subPass); err != nil {
 		t.Fatalf("AddUser: %v", err)
 	}

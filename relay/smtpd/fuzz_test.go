@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/relaymail/relay/internal/store"
+	storebadger "github.com/relaymail/relay/internal/store/badger"
 	"github.com/relaymail/relay/relay/smtpd"
 	"github.com/relaymail/relay/spool"
 )
@@ -30,7 +30,7 @@ const fuzzSeedDir = "../../testdata/fuzz/FuzzSession"
 // sessionServer is the one server all FuzzSession inputs of a process talk
 // to: starting Badger per input would make fuzzing crawl.
 var sessionServer = sync.OnceValues(func() (string, error) {
-	db, err := store.Open("", store.Options{InMemory: true, Sync: store.SyncNone})
+	db, err := storebadger.Open("", storebadger.Options{InMemory: true, Sync: storebadger.SyncNone})
 	if err != nil {
 		return "", err
 	}
@@ -39,14 +39,14 @@ var sessionServer = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	cfg := testConfig()
-	// Badger in memory refuses values above store.ValueThreshold, so keep
+	// Badger in memory refuses values above storebadger.ValueThreshold, so keep
 	// a message below it; the small limits also reach the 552/452 paths.
 	cfg.MaxMessageBytes = 32 << 10
 	cfg.MaxRecipients = 10
 	cfg.CommandTimeout = 3 * time.Second
 	cfg.DataIdleTimeout = 3 * time.Second
 	cfg.DataTimeout = 5 * time.Second
-	srv := smtpd.New(cfg, spool.New(db, nil), slog.New(&panicLog))
+	srv := smtpd.New(cfg, spool.New(storebadger.New(db, nil), nil), slog.New(&panicLog))
 	go srv.Serve(l)
 	return l.Addr().String(), nil
 })

@@ -15,7 +15,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/relaymail/relay/internal/store"
+	"github.com/relaymail/relay/internal/testkit"
 	"github.com/relaymail/relay/relay/smtpd"
 	"github.com/relaymail/relay/spool"
 )
@@ -54,12 +54,8 @@ func startServer(t *testing.T, cfg smtpd.Config) *testServer {
 // startServerLog is startServer with a logger for the server.
 func startServerLog(t *testing.T, cfg smtpd.Config, log *slog.Logger) *testServer {
 	t.Helper()
-	db, err := store.Open(t.TempDir(), store.Options{Sync: store.SyncGroup})
-	if err != nil {
-		t.Fatalf("store.Open: %v", err)
-	}
-	t.Cleanup(func() { db.Close() })
-	sp := spool.New(db, nil)
+	engine, _ := testkit.Badger(t, nil)
+	sp := spool.New(engine, nil)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)

@@ -1,4 +1,4 @@
-package store
+package badger
 
 import (
 	"bytes"
@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dgraph-io/badger/v4"
+	bdg "github.com/dgraph-io/badger/v4"
 )
 
 func TestDBMappings(t *testing.T) {
@@ -74,7 +74,7 @@ func TestReleaseCold(t *testing.T) {
 	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<20/16) // 1 MiB
 	const n = 100                                              // past several 16 MiB value-log files
 	for i := range n {
-		err := db.Update(func(txn *badger.Txn) error {
+		err := db.Update(func(txn *bdg.Txn) error {
 			_, err := PutChunks(txn, fmt.Appendf(nil, "t/%03d/", i), bytes.NewReader(body))
 			return err
 		})
@@ -88,7 +88,7 @@ func TestReleaseCold(t *testing.T) {
 	// Read everything back, so that every page was touched.
 	check := func() {
 		t.Helper()
-		err := db.View(func(txn *badger.Txn) error {
+		err := db.View(func(txn *bdg.Txn) error {
 			for i := range n {
 				var got bytes.Buffer
 				if _, err := got.ReadFrom(ChunkReader(db, txn, fmt.Appendf(nil, "t/%03d/", i), int64(len(body)))); err != nil {

@@ -1,12 +1,16 @@
-// Package store opens the one Badger database that the spool and the mailbox
-// store share, and provides group commit on top of it.
+// Package badger is the embedded storage engine: spool.Backend and
+// mailbox.Backend on one Badger database in the data directory, for a relay
+// that runs on one node. The spool's and the mailbox store's keys live side
+// by side (spool.go, mailbox.go), so that a local delivery (the mailbox
+// insert plus the recipient's state) is one transaction.
 //
-// Both packages keep their own key prefix in the same database so that a local
-// delivery (mailbox insert plus spool recipient state) commits in one
-// transaction. Badger is opened with SyncWrites off; durability before an
-// acknowledgement comes from DB.Sync, which batches concurrent callers into a
-// single fsync of the value log and the memtable WAL (group commit).
-package store
+// Badger is opened with SyncWrites off; durability before an acknowledgement
+// comes from DB.Sync, which batches concurrent callers into a single fsync
+// of the value log and the memtable WAL (group commit). Badger maps its files,
+// and a write into a sparse page of a full filesystem faults (SIGBUS) rather
+// than failing, so the files are preallocated (prealloc_linux.go) and the
+// server keeps Reserve bytes free before it writes.
+package badger
 
 import (
 	"errors"
@@ -15,7 +19,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/dgraph-io/badger/v4"
+	bdg "github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
 )
 
@@ -46,7 +50,7 @@ type Options struct {
 
 // DB is the shared Badger database.
 type DB struct {
-	*badger.DB
+	*bdg.DB
 	mode   SyncMode
 	syncer *groupSyncer
 	eachMu sync.Mutex
@@ -99,7 +103,7 @@ const Reserve = 2*memTableSize + 2*valueLogFileSize + 2*memTableSize
 // Open opens (creating if needed) the database in dir and backs its mapped
 // files with disk blocks (see Preallocate).
 func Open(dir string, o Options) (*DB, error) {
-	bo := badger.DefaultOptions(dir).
+	bo := bdg.DefaultOptions(dir).
 		WithInMemory(o.InMemory).
 		WithSyncWrites(false).
 		WithValueThreshold(ValueThreshold).
@@ -126,7 +130,7 @@ func Open(dir string, o Options) (*DB, error) {
 		// No value log in memory: every chunk must stay inline.
 		bo = bo.WithDir("").WithValueDir("").WithValueThreshold(1 << 20)
 	}
-	bdb, err := badger.Open(bo)
+	bdb, err := bdg.Open(bo)
 	if err != nil {
 		if strings.Contains(err.Error(), "Another process is using this Badger database") {
 			return nil, fmt.Errorf("open database %s: %w", dir, ErrLocked)

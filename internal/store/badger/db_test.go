@@ -1,4 +1,4 @@
-package store
+package badger
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ import (
 	"testing/iotest"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
+	bdg "github.com/dgraph-io/badger/v4"
 )
 
 // knownBug skips a test that demonstrates a bug reported to the owner of the
@@ -330,7 +330,7 @@ func TestSyncModes(t *testing.T) {
 			for i := range writers {
 				wg.Go(func() {
 					k := fmt.Appendf(nil, "t/%02d", i)
-					if err := db.Update(func(txn *badger.Txn) error { return txn.Set(k, k) }); err != nil {
+					if err := db.Update(func(txn *bdg.Txn) error { return txn.Set(k, k) }); err != nil {
 						t.Error(err)
 						return
 					}
@@ -351,7 +351,7 @@ func TestSyncModes(t *testing.T) {
 			defer db2.Close()
 			for i := range writers {
 				k := fmt.Appendf(nil, "t/%02d", i)
-				err := db2.View(func(txn *badger.Txn) error {
+				err := db2.View(func(txn *bdg.Txn) error {
 					_, err := txn.Get(k)
 					return err
 				})
@@ -369,7 +369,7 @@ func TestOpenInMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("k"), []byte("v")) }); err != nil {
+	if err := db.Update(func(txn *bdg.Txn) error { return txn.Set([]byte("k"), []byte("v")) }); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.Sync(); err != nil {
@@ -414,10 +414,10 @@ func TestCollectGarbageReturns(t *testing.T) {
 // process during shutdown.
 func TestCloseWithSyncInFlight(t *testing.T) {
 	db, _ := openTemp(t, Options{})
-	if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("k"), []byte("v")) }); err != nil {
+	if err := db.Update(func(txn *bdg.Txn) error { return txn.Set([]byte("k"), []byte("v")) }); err != nil {
 		t.Fatal(err)
 	}
-	// Hold the sync between "the round has started" and "badger.DB.Sync
+	// Hold the sync between "the round has started" and "bdg.DB.Sync
 	// runs", so that Close lands exactly in that window.
 	entered := make(chan struct{})
 	gate := make(chan struct{})
@@ -450,12 +450,12 @@ func TestCloseWithSyncInFlight(t *testing.T) {
 		t.Errorf("Close: %v", err)
 	}
 	if p := panicked.Load(); p != nil {
-		t.Errorf("badger.DB.Sync ran after Close and panicked: %v", p)
+		t.Errorf("bdg.DB.Sync ran after Close and panicked: %v", p)
 	}
 }
 
 // TestSyncAfterClose: Sync on a closed DB returns (an error or nil) in every
-// mode. SyncEach calls badger.DB.Sync directly (store.go:108), which panics on
+// mode. SyncEach calls bdg.DB.Sync directly (store.go:108), which panics on
 // a closed Badger (nil memtable, badger db.go:741).
 func TestSyncAfterClose(t *testing.T) {
 	for _, tc := range []struct {
@@ -469,7 +469,7 @@ func TestSyncAfterClose(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			db, _ := openTemp(t, Options{Sync: tc.mode})
-			if err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("k"), []byte("v")) }); err != nil {
+			if err := db.Update(func(txn *bdg.Txn) error { return txn.Set([]byte("k"), []byte("v")) }); err != nil {
 				t.Fatal(err)
 			}
 			if err := db.Close(); err != nil {
@@ -518,7 +518,7 @@ func TestChunks(t *testing.T) {
 	put := func(t *testing.T, prefix []byte, v []byte) int64 {
 		t.Helper()
 		var n int64
-		err := db.Update(func(txn *badger.Txn) error {
+		err := db.Update(func(txn *bdg.Txn) error {
 			var err error
 			n, err = PutChunks(txn, prefix, iotest.HalfReader(bytes.NewReader(v)))
 			return err
@@ -531,8 +531,8 @@ func TestChunks(t *testing.T) {
 	countKeys := func(t *testing.T, prefix []byte) int {
 		t.Helper()
 		n := 0
-		err := db.View(func(txn *badger.Txn) error {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		err := db.View(func(txn *bdg.Txn) error {
+			it := txn.NewIterator(bdg.IteratorOptions{Prefix: prefix})
 			defer it.Close()
 			for it.Rewind(); it.Valid(); it.Next() {
 				if len(it.Item().Key()) == len(prefix)+4 {
@@ -566,7 +566,7 @@ func TestChunks(t *testing.T) {
 			if err := iotest.TestReader(ChunkReader(db, nil, prefix, int64(size)), v); err != nil {
 				t.Errorf("ChunkReader(db): %v", err)
 			}
-			err := db.View(func(txn *badger.Txn) error {
+			err := db.View(func(txn *bdg.Txn) error {
 				got, err := io.ReadAll(ChunkReader(nil, txn, prefix, int64(size)))
 				if err != nil {
 					return err
@@ -579,7 +579,7 @@ func TestChunks(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := db.Update(func(txn *badger.Txn) error { return DeleteChunks(txn, prefix, int64(size)) }); err != nil {
+			if err := db.Update(func(txn *bdg.Txn) error { return DeleteChunks(txn, prefix, int64(size)) }); err != nil {
 				t.Fatalf("DeleteChunks: %v", err)
 			}
 			if n := countKeys(t, prefix); n != 0 {
@@ -610,18 +610,18 @@ func TestPutChunksReadError(t *testing.T) {
 func TestChunkReaderMissing(t *testing.T) {
 	db, _ := openTemp(t, Options{})
 	prefix := []byte("c/m")
-	err := db.Update(func(txn *badger.Txn) error {
+	err := db.Update(func(txn *bdg.Txn) error {
 		_, err := PutChunks(txn, prefix, bytes.NewReader(make([]byte, 2*BodyChunk)))
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(func(txn *badger.Txn) error { return txn.Delete(chunkKey(prefix, 1)) }); err != nil {
+	if err := db.Update(func(txn *bdg.Txn) error { return txn.Delete(chunkKey(prefix, 1)) }); err != nil {
 		t.Fatal(err)
 	}
 	_, err = io.ReadAll(ChunkReader(db, nil, prefix, 2*BodyChunk))
-	if !errors.Is(err, badger.ErrKeyNotFound) {
+	if !errors.Is(err, bdg.ErrKeyNotFound) {
 		t.Errorf("reading a value with a missing chunk: err = %v, want ErrKeyNotFound", err)
 	}
 }

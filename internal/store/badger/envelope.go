@@ -1,9 +1,10 @@
-package spool
+package badger
 
 import (
 	"strings"
 
 	"github.com/relaymail/relay/internal/record"
+	"github.com/relaymail/relay/spool"
 )
 
 // An envelope is read at least twice per delivery round (to see what is due,
@@ -23,14 +24,14 @@ import (
 // epoch (0 for none), booleans a byte (internal/record). Older envelopes
 // still read: format 0x01 has the reply as one string, "last error", and
 // envelopes written as JSON (they start with '{') have it as "last_error";
-// both are converted to a Reply when read (legacyReply).
+// both are converted to a spool.Reply when read (legacyReply).
 const (
 	envFormat   = 0x02
 	envFormatV1 = 0x01
 )
 
 // appendEnvelope appends m's record to b.
-func appendEnvelope(b []byte, m *Message) []byte {
+func appendEnvelope(b []byte, m *spool.Message) []byte {
 	b = append(b, envFormat)
 	b = record.AppendString(b, m.ID)
 	b = record.AppendTime(b, m.Arrived)
@@ -74,7 +75,7 @@ const minRcptRecord, minRcptRecordV1 = 12, 9
 
 // parseEnvelope decodes an envelope record into m. The strings are copies:
 // v belongs to Badger.
-func parseEnvelope(v []byte, m *Message) error {
+func parseEnvelope(v []byte, m *spool.Message) error {
 	format, minRcpt := byte(envFormat), minRcptRecord
 	if len(v) > 0 && v[0] == envFormatV1 {
 		format, minRcpt = envFormatV1, minRcptRecordV1
@@ -90,13 +91,13 @@ func parseEnvelope(v []byte, m *Message) error {
 	if err != nil {
 		return err
 	}
-	*m = Message{
+	*m = spool.Message{
 		ID:       r.String(),
 		Arrived:  r.Time(),
 		ClientIP: r.String(),
 		Helo:     r.String(),
 		From:     r.String(),
-		Params: MailParams{
+		Params: spool.MailParams{
 			Size:     r.Varint(),
 			Body:     r.String(),
 			SMTPUTF8: r.Bool(),
@@ -109,7 +110,7 @@ func parseEnvelope(v []byte, m *Message) error {
 		Due:  r.Time(),
 	}
 	if n := r.Count(minRcpt); n > 0 {
-		m.Rcpts = make([]Recipient, n)
+		m.Rcpts = make([]spool.Recipient, n)
 	}
 	for i := range m.Rcpts {
 		rc := &m.Rcpts[i]
@@ -121,13 +122,13 @@ func parseEnvelope(v []byte, m *Message) error {
 			}
 		}
 		rc.ORcpt = r.String()
-		rc.State = State(r.Interned(states))
+		rc.State = spool.State(r.Interned(states))
 		rc.Attempts = int(r.Varint())
 		rc.NextAttempt = r.Time()
 		if format == envFormatV1 {
 			rc.Reply = legacyReply(r.String())
 		} else {
-			rc.Reply = Reply{Code: int(r.Varint()), Enhanced: r.String(), Text: r.String(), Permanent: r.Bool()}
+			rc.Reply = spool.Reply{Code: int(r.Varint()), Enhanced: r.String(), Text: r.String(), Permanent: r.Bool()}
 		}
 		rc.RemoteMTA = r.String()
 		rc.DelayNotified = r.Bool()
@@ -137,23 +138,23 @@ func parseEnvelope(v []byte, m *Message) error {
 
 // The strings every envelope repeats, read without allocating.
 var (
-	states         = []string{string(Pending), string(Delivered), string(Failed)}
+	states         = []string{string(spool.Pending), string(spool.Delivered), string(spool.Failed)}
 	notifyKeywords = []string{"NEVER", "SUCCESS", "FAILURE", "DELAY"}
 )
 
 // jsonEnvelope is an envelope written as JSON, before the binary form: a
-// Message whose recipients carry their reply as the string "last_error".
+// spool.Message whose recipients carry their reply as the string "last_error".
 type jsonEnvelope struct {
-	Message
+	spool.Message
 	Rcpts []struct {
-		Recipient
+		spool.Recipient
 		LastError string `json:"last_error"`
 	} `json:"recipients"`
 }
 
 // convert fills m from e, each recipient's reply converted from its last
 // error unless the record has the typed one.
-func (e *jsonEnvelope) convert(m *Message) {
+func (e *jsonEnvelope) convert(m *spool.Message) {
 	*m = e.Message
 	m.Rcpts = nil
 	for _, r := range e.Rcpts {
@@ -170,10 +171,10 @@ func (e *jsonEnvelope) convert(m *Message) {
 // ("550 5.1.1 no such user"), an expiry ("4.4.7 message expired after
 // 120h0m0s; last error: 451 4.2.0 busy"), or free text; a string without
 // a basic code gets the one its class calls for (451 or 550), and a local
-// failure's Go error text is dropped for the fixed LocalTrouble text.
-func legacyReply(s string) Reply {
+// failure's Go error text is dropped for the fixed spool.LocalTrouble text.
+func legacyReply(s string) spool.Reply {
 	if s == "" {
-		return Reply{}
+		return spool.Reply{}
 	}
 	code, rest := 0, s
 	if len(s) >= 3 && isReplyCode(s[:3]) && (len(s) == 3 || s[3] == ' ') {
@@ -192,9 +193,9 @@ func legacyReply(s string) Reply {
 		code = 451
 	}
 	if code == 451 && enhanced == "4.3.0" && strings.HasPrefix(text, "local delivery failed:") {
-		return LocalTrouble
+		return spool.LocalTrouble
 	}
-	return NewReply(code, enhanced, text)
+	return spool.NewReply(code, enhanced, text)
 }
 
 // isReplyCode reports whether s is a 2yz, 4yz or 5yz reply code.

@@ -1,4 +1,4 @@
-package store
+package badger
 
 import (
 	"bytes"
@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dgraph-io/badger/v4"
+	bdg "github.com/dgraph-io/badger/v4"
 	"golang.org/x/sys/unix"
 )
 
@@ -146,7 +146,7 @@ func TestOpenPreallocates(t *testing.T) {
 	// Past valueLogFileSize of bodies, Badger starts a new value-log file.
 	chunk := bytes.Repeat([]byte("b"), BodyChunk)
 	for i := range valueLogFileSize/BodyChunk + 2 {
-		err := db.Update(func(txn *badger.Txn) error { return txn.Set([]byte{'k', byte(i)}, chunk) })
+		err := db.Update(func(txn *bdg.Txn) error { return txn.Set([]byte{'k', byte(i)}, chunk) })
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package store
+package badger
 
 // releaseCold does nothing outside Linux: MADV_PAGEOUT is Linux's.
 func (db *DB) releaseCold() (int, error) { return 0, nil }

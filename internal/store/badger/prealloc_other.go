@@ -1,6 +1,6 @@
 //go:build !linux
 
-package store
+package badger
 
 // preallocateDir does nothing outside Linux, where the relay does not run in
 // production; there a full disk can still fault Badger's mapped files.

@@ -1,4 +1,4 @@
-package store
+package badger
 
 import (
 	"bytes"
@@ -7,7 +7,7 @@ import (
 	"io"
 	"sync"
 
-	"github.com/dgraph-io/badger/v4"
+	bdg "github.com/dgraph-io/badger/v4"
 )
 
 // Large values (message bodies) are stored as numbered chunks of BodyChunk
@@ -24,7 +24,7 @@ func NumChunks(size int64) uint32 { return uint32((size + BodyChunk - 1) / BodyC
 // PutChunks writes everything r yields under prefix inside txn and returns the
 // byte count. Chunks of BodyChunk bytes are above ValueThreshold, so each
 // costs the transaction only a value-log pointer.
-func PutChunks(txn *badger.Txn, prefix []byte, r io.Reader) (int64, error) {
+func PutChunks(txn *bdg.Txn, prefix []byte, r io.Reader) (int64, error) {
 	// Each chunk is read into a pooled scratch buffer and stored as an
 	// exact-size copy (Badger keeps the value until the commit): one
 	// allocation of the message's size, where a growing buffer made five
@@ -95,7 +95,7 @@ var (
 const smallChunk = 64 << 10
 
 // DeleteChunks deletes the chunks of a size-byte value under prefix.
-func DeleteChunks(txn *badger.Txn, prefix []byte, size int64) error {
+func DeleteChunks(txn *bdg.Txn, prefix []byte, size int64) error {
 	for n := range NumChunks(size) {
 		if err := txn.Delete(chunkKey(prefix, n)); err != nil {
 			return err
@@ -107,13 +107,13 @@ func DeleteChunks(txn *badger.Txn, prefix []byte, size int64) error {
 // ChunkReader reads a size-byte chunked value one chunk at a time: inside
 // txn when it is not nil, else each chunk in its own read transaction of db,
 // so that a large body is never held in memory whole.
-func ChunkReader(db *DB, txn *badger.Txn, prefix []byte, size int64) io.Reader {
+func ChunkReader(db *DB, txn *bdg.Txn, prefix []byte, size int64) io.Reader {
 	return &chunkReader{db: db, txn: txn, prefix: bytes.Clone(prefix), chunks: NumChunks(size)}
 }
 
 type chunkReader struct {
 	db     *DB
-	txn    *badger.Txn
+	txn    *bdg.Txn
 	prefix []byte
 	next   uint32
 	chunks uint32
@@ -135,7 +135,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 }
 
 func (r *chunkReader) load() error {
-	get := func(txn *badger.Txn) error {
+	get := func(txn *bdg.Txn) error {
 		item, err := txn.Get(chunkKey(r.prefix, r.next))
 		if err != nil {
 			return fmt.Errorf("read chunk %d of %q: %w", r.next, r.prefix, err)

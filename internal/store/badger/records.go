@@ -1,13 +1,14 @@
-package mailbox
+package badger
 
 import (
 	"encoding/binary"
 	"fmt"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
+	bdg "github.com/dgraph-io/badger/v4"
 
 	"github.com/relaymail/relay/internal/record"
+	"github.com/relaymail/relay/mailbox"
 )
 
 // A message record is read on every SEARCH, FETCH and SELECT over a
@@ -22,7 +23,7 @@ import (
 const msgFormat = 0x01
 
 // appendMessage appends m's record (without its UID, which is in the key).
-func appendMessage(b []byte, m Message) []byte {
+func appendMessage(b []byte, m mailbox.Message) []byte {
 	b = append(b, msgFormat)
 	b = record.AppendString(b, m.Blob)
 	b = record.AppendVarint(b, m.Size)
@@ -36,7 +37,7 @@ func appendMessage(b []byte, m Message) []byte {
 
 // parseMessage decodes a record into m, leaving m.UID alone. The strings
 // are copies: v belongs to Badger.
-func parseMessage(v []byte, m *Message) error {
+func parseMessage(v []byte, m *mailbox.Message) error {
 	r, done, err := record.Open(v, msgFormat, m)
 	if done || err != nil {
 		return err
@@ -59,12 +60,12 @@ func parseMessage(v []byte, m *Message) error {
 var commonFlags = []string{`\Seen`, `\Answered`, `\Flagged`, `\Deleted`, `\Draft`, `$Junk`, `$NotJunk`, `$Forwarded`}
 
 // putMsg stores m's record at key.
-func putMsg(txn *badger.Txn, key []byte, m Message) error {
+func putMsg(txn *bdg.Txn, key []byte, m mailbox.Message) error {
 	return txn.Set(key, appendMessage(nil, m))
 }
 
 // getMsg reads the record at key into m.
-func getMsg(txn *badger.Txn, key []byte, m *Message) error {
+func getMsg(txn *bdg.Txn, key []byte, m *mailbox.Message) error {
 	item, err := txn.Get(key)
 	if err != nil {
 		return err
@@ -74,8 +75,8 @@ func getMsg(txn *badger.Txn, key []byte, m *Message) error {
 }
 
 // readMsg decodes the message record item holds, with the UID from its key.
-func readMsg(item *badger.Item) (Message, error) {
-	var m Message
+func readMsg(item *bdg.Item) (mailbox.Message, error) {
+	var m mailbox.Message
 	if err := item.Value(func(v []byte) error { return parseMessage(v, &m) }); err != nil {
 		return m, fmt.Errorf("message %x: %w", item.Key(), err)
 	}
@@ -94,7 +95,7 @@ func readMsg(item *badger.Item) (Message, error) {
 // written as JSON still read.
 const mailboxFormat = 0x01
 
-func appendMailbox(b []byte, mb *Mailbox) []byte {
+func appendMailbox(b []byte, mb *mailbox.Mailbox) []byte {
 	b = append(b, mailboxFormat)
 	b = record.AppendUvarint(b, mb.ID)
 	b = record.AppendString(b, mb.User)
@@ -110,12 +111,12 @@ func appendMailbox(b []byte, mb *Mailbox) []byte {
 	return b
 }
 
-func parseMailbox(v []byte, mb *Mailbox) error {
+func parseMailbox(v []byte, mb *mailbox.Mailbox) error {
 	r, done, err := record.Open(v, mailboxFormat, mb)
 	if done || err != nil {
 		return err
 	}
-	*mb = Mailbox{
+	*mb = mailbox.Mailbox{
 		ID:          r.Uvarint(),
 		User:        r.String(),
 		Name:        r.String(),
@@ -132,13 +133,13 @@ func parseMailbox(v []byte, mb *Mailbox) error {
 }
 
 // putMailbox stores mb under its key.
-func putMailbox(txn *badger.Txn, mb *Mailbox) error {
+func putMailbox(txn *bdg.Txn, mb *mailbox.Mailbox) error {
 	return txn.Set(mailboxKey(mb.User, mb.Name), appendMailbox(nil, mb))
 }
 
 // readMailbox decodes the mailbox record item holds.
-func readMailbox(item *badger.Item) (*Mailbox, error) {
-	mb := new(Mailbox)
+func readMailbox(item *bdg.Item) (*mailbox.Mailbox, error) {
+	mb := new(mailbox.Mailbox)
 	if err := item.Value(func(v []byte) error { return parseMailbox(v, mb) }); err != nil {
 		return nil, fmt.Errorf("mailbox %q: %w", item.Key(), err)
 	}
