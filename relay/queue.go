@@ -67,6 +67,13 @@ func ShowMessage(sp *spool.Spool, id string, body bool) (*Shown, error) {
 	return sh, nil
 }
 
+// Status is what a running server says of itself (admin "status").
+type Status struct {
+	Engine   string `json:"engine"`
+	Node     string `json:"node,omitempty"`
+	Hostname string `json:"hostname"`
+}
+
 // ShowRequest asks for one message.
 type ShowRequest struct {
 	ID   string `json:"id"`
@@ -151,6 +158,16 @@ func (s *Server) registerAdmin() {
 		return s.spool.Tail(ctx, req.N, req.Follow, func(ev spool.Event) error { return enc.Encode(ev) })
 	})
 	s.admin.HandleUpload("sendmail", s.sendmail)
+	s.admin.Handle("status", func(context.Context, json.RawMessage) (any, error) {
+		st := Status{Engine: s.store.EngineName(), Hostname: s.cfg.Hostname}
+		if s.store.Postgres != nil {
+			st.Node = s.store.Postgres.Node()
+		}
+		return st, nil
+	})
+	s.admin.HandleStream("store/backup", func(ctx context.Context, _ json.RawMessage, w io.Writer) error {
+		return Backup(ctx, s.store, w)
+	})
 	s.admin.Handle("queue/list", func(context.Context, json.RawMessage) (any, error) {
 		return ListQueue(s.spool)
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/relaymail/relay/internal/diskspace"
 	"github.com/relaymail/relay/internal/store/badger"
 	"github.com/relaymail/relay/internal/store/postgres"
+	"github.com/relaymail/relay/internal/store/snapshot"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/spool"
 )
@@ -33,7 +35,17 @@ type Storage struct {
 type Engine interface {
 	spool.Backend
 	mailbox.Backend
+	snapshot.Source
+	snapshot.Target
 	Close() error
+}
+
+// EngineName names the engine that runs ("badger" or "postgres").
+func (s *Storage) EngineName() string {
+	if s.Postgres != nil {
+		return "postgres"
+	}
+	return "badger"
 }
 
 // IsPostgres reports whether a --store value names a PostgreSQL database.
@@ -43,9 +55,10 @@ func IsPostgres(store string) bool {
 
 // StoreOptions tune OpenStorage.
 type StoreOptions struct {
-	// Create makes the Badger database when the data directory has none;
-	// without it a missing database is an error that names the
-	// directory (a relative --data run from the wrong place).
+	// Create makes the store when there is none: the Badger database in
+	// the data directory, or a PostgreSQL store's schema. Without it a
+	// missing database is an error that names the directory (a relative
+	// --data run from the wrong place).
 	Create bool
 	// Migrate brings a PostgreSQL schema to the current version (serve
 	// does; the other subcommands refuse an old one).
@@ -66,7 +79,7 @@ func OpenStorage(ctx context.Context, store, dataDir string, o StoreOptions) (*S
 		log = slog.New(slog.DiscardHandler)
 	}
 	if IsPostgres(store) {
-		pg, err := postgres.Open(ctx, store, postgres.Options{Logger: log, NoMigrate: !o.Migrate})
+		pg, err := postgres.Open(ctx, store, postgres.Options{Logger: log, NoMigrate: !o.Migrate && !o.Create})
 		if err != nil {
 			return nil, err
 		}
@@ -122,3 +135,12 @@ func CheckSpace(dir string) error {
 // pruneEvery is how often the server deletes expired events from a
 // PostgreSQL store (Badger expires them by itself).
 const pruneEvery = time.Hour
+
+// Backup writes a consistent, engine-neutral snapshot of st to w (relay
+// store backup), while the server runs.
+func Backup(ctx context.Context, st *Storage, w io.Writer) error {
+	return st.Snapshot(ctx, func(r snapshot.Reader) error {
+		_, err := snapshot.Write(w, r, st.EngineName(), time.Now())
+		return err
+	})
+}

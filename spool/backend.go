@@ -19,7 +19,8 @@ type Backend interface {
 	// Enqueue commits m, its body and the accepted event in one
 	// transaction and returns once all three are durable: synced to disk,
 	// or committed with synchronous commit. m.ID is set by the caller;
-	// m.Size, and an accepted event's Size, are set to the body's.
+	// m.Size, and an accepted event's Size, are set to the body's. An
+	// event with no kind is not recorded (a restored message).
 	Enqueue(ctx context.Context, m *Message, body io.Reader, ev Event) error
 	// Get reads message id's envelope and recipients.
 	Get(ctx context.Context, id string) (*Message, error)

@@ -29,6 +29,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	storebadger "github.com/relaymail/relay/internal/store/badger"
+	"github.com/relaymail/relay/internal/testkit/pgtest"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/spool"
 )
@@ -42,6 +43,7 @@ var (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	pgtest.StopShared()
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}

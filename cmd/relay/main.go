@@ -37,6 +37,7 @@ const usage = `usage:
               flush [ID...] | hold ID... | release ID... | delete ID... | bounce ID...
   relay sendmail [-t] [-i] [-f FROM] [-F NAME] [RCPT...]   queue the message on stdin
   relay config check [--config FILE]                    validate settings
+  relay store migrate | backup FILE | restore FILE      the store's schema and engine-neutral snapshots
   relay version
 Every subcommand takes --data DIR (default ./relay-data, env RELAY_DATA),
 --store badger|postgres://... (env RELAY_STORE) and --config FILE, before or
@@ -77,6 +78,13 @@ you. A bare name is a local user. Flags: --data DIR, --config FILE.
 	"config": `usage: relay config check [--config FILE] [flags]
 Validates the configuration file and any serve flags given with it, and names
 each setting that is wrong.
+`,
+	"store": `usage:
+  relay store migrate          bring a PostgreSQL store's schema to this version (serve does it at start)
+  relay store backup FILE      write a consistent snapshot of everything, engine-neutral, while the server runs
+  relay store restore FILE     load a snapshot into an empty store of either engine
+Flags: --data DIR, --store badger|postgres://..., --config FILE. A site moves from badger to PostgreSQL
+with backup on the one and restore on the other.
 `,
 	"version": `usage: relay version
 Prints the module version and the VCS revision the binary was built from.
@@ -134,6 +142,8 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		run = func() error { return sendmailCmd(rest, stdin) }
 	case "config":
 		run = func() error { return configCmd(rest, stdout, stderr) }
+	case "store":
+		run = func() error { return storeCmd(rest, stdout, stderr) }
 	case "version", "--version", "-v":
 		if len(rest) > 0 {
 			return usageError{cmd: "version", msg: "version takes no arguments"}
@@ -168,7 +178,7 @@ func isHelp(arg string) bool { return arg == "-h" || arg == "-help" || arg == "-
 var globalFlags = []string{"data", "config", "store"}
 
 // verbCommands are the subcommands whose first argument is a verb.
-var verbCommands = []string{"user", "queue", "config"}
+var verbCommands = []string{"user", "queue", "config", "store"}
 
 // hoistGlobals splits args into the subcommand and its arguments, with any
 // global flags given before the subcommand moved to where it reads them.

@@ -88,8 +88,10 @@ func (s *Store) Enqueue(ctx context.Context, m *spool.Message, body io.Reader, e
 	if err := putEnvelope(txn, m, &due); err != nil {
 		return mapErr(fmt.Errorf("enqueue %s: %w", m.ID, err))
 	}
-	if err := s.appendEvent(txn, &ev); err != nil {
-		return mapErr(err)
+	if ev.Event != "" {
+		if err := s.appendEvent(txn, &ev); err != nil {
+			return mapErr(err)
+		}
 	}
 	if err := txn.Commit(); err != nil {
 		return mapErr(fmt.Errorf("enqueue %s: commit: %w", m.ID, err))

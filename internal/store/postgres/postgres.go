@@ -72,6 +72,9 @@ type Options struct {
 	// NoMigrate leaves the schema as it is (relay store migrate does it
 	// by hand); Open then fails on a schema that is not current.
 	NoMigrate bool
+	// SkipSchemaCheck opens with NoMigrate without checking the schema's
+	// version (relay store migrate, which migrates it next).
+	SkipSchemaCheck bool
 	// MaxConns bounds the connection pool (default 20).
 	MaxConns int32
 	// Now is the clock of lease renewals and event expiry (nil for
@@ -114,7 +117,7 @@ func Open(ctx context.Context, url string, o Options) (*Store, error) {
 		s.node = nodeName()
 	}
 	if o.NoMigrate {
-		if err := s.checkSchema(ctx); err != nil {
+		if err := s.checkSchema(ctx); err != nil && !o.SkipSchemaCheck {
 			pool.Close()
 			return nil, err
 		}

@@ -35,8 +35,10 @@ func (s *Store) Enqueue(ctx context.Context, m *spool.Message, body io.Reader, e
 		if err := insertMessage(ctx, tx, m, chunks); err != nil {
 			return err
 		}
-		if err := appendEvents(ctx, tx, ev); err != nil {
-			return err
+		if ev.Event != "" {
+			if err := appendEvents(ctx, tx, ev); err != nil {
+				return err
+			}
 		}
 		_, err := tx.Exec(ctx, "SELECT pg_notify($1, ''), pg_notify($2, '')", chanQueue, chanEvents)
 		return err
@@ -358,7 +360,7 @@ func (s *Store) Update(ctx context.Context, id string, lease *spool.Lease, fn fu
 			return err
 		}
 		m := ms[0]
-		before := snapshot(m)
+		before := recipientRows(m)
 		eff, err := fn(m)
 		if err != nil {
 			return err
@@ -427,7 +429,7 @@ type recipientRow struct {
 	delayNotified bool
 }
 
-func snapshot(m *spool.Message) []recipientRow {
+func recipientRows(m *spool.Message) []recipientRow {
 	rows := make([]recipientRow, len(m.Rcpts))
 	for i, r := range m.Rcpts {
 		reply, _ := json.Marshal(r.Reply)
@@ -451,7 +453,7 @@ func writeMessage(ctx context.Context, tx pgx.Tx, m *spool.Message, before []rec
 	if _, err := tx.Exec(ctx, q, m.ID, m.Hold, due); err != nil {
 		return err
 	}
-	after := snapshot(m)
+	after := recipientRows(m)
 	for i, r := range m.Rcpts {
 		if i < len(before) && before[i] == after[i] {
 			continue

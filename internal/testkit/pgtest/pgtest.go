@@ -42,10 +42,16 @@ var (
 // it from TestMain.
 func Main(m *testing.M) {
 	code := m.Run()
+	StopShared()
+	os.Exit(code)
+}
+
+// StopShared stops the test binary's cluster if one was started; a TestMain
+// that does more than Main calls it after m.Run.
+func StopShared() {
 	if shared != nil {
 		shared.Stop()
 	}
-	os.Exit(code)
 }
 
 // binaries finds initdb and pg_ctl on the PATH or in Debian's place.
