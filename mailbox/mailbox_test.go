@@ -1,9 +1,8 @@
 package mailbox_test
 
 import (
-	"context"
-	"sync/atomic"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 

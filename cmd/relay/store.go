@@ -3,15 +3,15 @@ package main
 import (
 	"context"
 	"errors"
-	"os"
 	"flag"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/relaymail/relay/internal/admin"
 	"github.com/relaymail/relay/internal/config"
-	"github.com/relaymail/relay/internal/store/snapshot"
 	"github.com/relaymail/relay/internal/store/postgres"
+	"github.com/relaymail/relay/internal/store/snapshot"
 	"github.com/relaymail/relay/relay"
 )
 

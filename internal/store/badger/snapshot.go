@@ -86,7 +86,9 @@ func (r *snapReader) Subscriptions(user string) ([]string, error) {
 	return names, nil
 }
 
-func (r *snapReader) Mailboxes(user string) ([]*mailbox.Mailbox, error) { return mailboxesTxn(r.txn, user) }
+func (r *snapReader) Mailboxes(user string) ([]*mailbox.Mailbox, error) {
+	return mailboxesTxn(r.txn, user)
+}
 
 func (r *snapReader) Messages(mbox uint64, fn func(m mailbox.Message) error) error {
 	return r.each(msgPrefix(mbox), func(item *bdg.Item) error {
