@@ -45,6 +45,9 @@ var (
 	errNoMech       = &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "unrecognized authentication mechanism"}
 	errNotYours     = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "sender address not owned by the authenticated user"}
 	errShutdown     = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "service shutting down, try again later"}
+	// errIdleTimeout refuses what go-smtp runs after the session ended at
+	// a command timeout (trackedConn.commandTimeout).
+	errIdleTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Idle timeout, bye bye"}
 	// RFC 5321 §4.2.5 lets a server end a session with 421; Postfix does
 	// so after smtpd_hard_error_limit errors.
 	errTooManyErrors = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "too many errors, closing connection"}
@@ -113,16 +116,37 @@ func (s *session) counted(err error) error {
 	return errTooManyErrors
 }
 
+// gone reports whether the server has ended the session by itself (a
+// command timeout): go-smtp may still run the unfinished line it was
+// reading, and nothing of it may happen.
+func (s *session) gone() bool {
+	t := trackedOf(s.conn.Conn())
+	return t != nil && t.ended.Load()
+}
+
 // Mail implements smtp.Session.
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if s.gone() {
+		return errIdleTimeout
+	}
 	return s.counted(s.mail(from, opts))
 }
 
 // Rcpt implements smtp.Session.
-func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error { return s.counted(s.rcpt(to, opts)) }
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if s.gone() {
+		return errIdleTimeout
+	}
+	return s.counted(s.rcpt(to, opts))
+}
 
 // Data implements smtp.Session.
-func (s *session) Data(r io.Reader) error { return s.counted(s.data(r)) }
+func (s *session) Data(r io.Reader) error {
+	if s.gone() {
+		return errIdleTimeout
+	}
+	return s.counted(s.data(r))
+}
 
 // mail handles MAIL FROM. The null reverse path <> is allowed on the relay
 // port (bounces); on the submission port the sender must be the
