@@ -348,7 +348,7 @@ func TestSendmail(t *testing.T) {
 		m := got[0]
 		for _, want := range []string{
 			"Received: by localhost (relay sendmail, from user ", "From: Cron Daemon <cron@localhost>\r\n",
-			"Subject: nightly backup report\r\n", "\r\nDate: ", "\r\nMessage-Id: <",
+			"Subject: nightly backup report\r\n", "\r\nDate: ", "\r\nMessage-ID: <",
 			"\r\n\r\nThe nightly backup finished.\r\n\r\n.leading dot line, kept as it is\r\n",
 		} {
 			if !strings.Contains(m, want) {

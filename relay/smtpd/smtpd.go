@@ -90,6 +90,9 @@ type Config struct {
 	SessionTimeout time.Duration
 	// MaxLineLength caps a command line and a line of message data.
 	MaxLineLength int
+	// BareNewline says what becomes of a bare LF in message data; the
+	// zero value normalizes it.
+	BareNewline BareNewline
 }
 
 // Accounts is what ingress needs of the account store.
