@@ -322,9 +322,10 @@ type trackedConn struct {
 	// command that go-smtp still runs after that is refused.
 	ended atomic.Bool
 	// tlsStarted is set once a TLS handshake has begun on the connection,
-	// and tlsConn once the session runs over a finished handshake (at
-	// EHLO): the server's own replies go through it, never as plain text
-	// into the TLS stream. In between there is nothing to write them to.
+	// and tlsConn once a session runs over the finished handshake (at the
+	// EHLO after it): the server's own replies go through it, never as
+	// plain text into the TLS stream. In between there is nothing to write
+	// them to.
 	tlsStarted atomic.Bool
 	tlsConn    atomic.Pointer[tls.Conn]
 }
@@ -405,9 +406,11 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 // a connection for the session limit with one such line per command
 // timeout. So the session ends here, before go-smtp sees the line, with the
 // idle session's reply; whatever go-smtp then runs is refused (session.gone)
-// and its reply has no connection left to go to. While a TLS handshake is
-// unfinished there is no way to reply, so go-smtp's own reply goes and the
-// connection closes after it.
+// and its reply has no connection left to go to. Between the start of TLS
+// and the EHLO after it the relay holds nothing to write TLS through, so
+// there go-smtp's own reply goes (its idle reply, or its answer to the
+// unfinished line, which the session refuses) and the connection closes
+// after it.
 func (c *trackedConn) commandTimeout() {
 	c.ended.Store(true)
 	if c.replyConn() == nil {
