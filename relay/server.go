@@ -199,6 +199,10 @@ func (s *Server) listen() error {
 		}
 		s.listeners[l.name] = ln.Addr()
 		ln = s.metrics.Listener(ln, l.name)
+		bareNL, err := smtpd.ParseBareNewline(s.cfg.BareNewline)
+		if err != nil {
+			return err
+		}
 		srv := smtpd.New(smtpd.Config{
 			Hostname:        s.cfg.Hostname,
 			Domains:         slices.Clone(s.cfg.Domains),
@@ -220,6 +224,7 @@ func (s *Server) listen() error {
 			SessionTimeout:  time.Duration(s.cfg.SessionTimeout),
 			MaxLineLength:   s.cfg.MaxLineLength,
 			Space:           s.disk,
+			BareNewline:     bareNL,
 		}, s.spool, s.log.With("listener", l.name))
 		s.smtps = append(s.smtps, smtpListener{l.name, srv, ln})
 	}

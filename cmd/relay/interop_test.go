@@ -166,6 +166,44 @@ print("sent")
 		}})
 	})
 
+	// bare-newline = normalize (the default): Python's smtplib.sendmail
+	// sends msg.as_bytes() with the bare LF line ends of email's default
+	// policy, dot-stuffing the lines after each LF; the relay stores CRLF
+	// line ends and the lines as they were written.
+	t.Run("python3 smtplib bare LF", func(t *testing.T) {
+		python := needTool(t, "python3")
+		const script = `
+import smtplib, sys
+from email.message import EmailMessage
+host, port = sys.argv[1].rsplit(":", 1)
+msg = EmailMessage()
+msg["From"] = "app@localhost"
+msg["To"] = "bob@localhost"
+msg["Subject"] = "bare LF from smtplib"
+msg.set_content("line one\n.\n..two dots\n.three\nlast line\n")
+raw = msg.as_bytes()
+if b"\r" in raw or b"\n" not in raw:
+    sys.exit("as_bytes() did not give bare LF line ends: %r" % raw)
+with smtplib.SMTP(host, int(port), local_hostname="python.e2e.relay.test", timeout=30) as s:
+    refused = s.sendmail("app@localhost", ["bob@localhost"], raw)
+    if refused:
+        sys.exit("refused: %r" % refused)
+print("sent")
+`
+		out, code := runTool(t, python, "-c", script, srv.addr)
+		if code != 0 || !strings.Contains(out, "sent") {
+			t.Fatalf("python3 smtplib exit %d:\n%s", code, out)
+		}
+		checks = append(checks, interopCheck{strings.TrimPrefix(t.Name(), "TestInterop/"), "Subject: bare LF from smtplib\r\n", 1, func(t *testing.T, s stored) {
+			if strings.Contains(strings.ReplaceAll(s.content, "\r\n", ""), "\n") || strings.Contains(strings.ReplaceAll(s.content, "\r\n", ""), "\r") {
+				t.Errorf("the stored message has a bare LF or CR:\n%q", s.content)
+			}
+			if want := "\r\n\r\nline one\r\n.\r\n..two dots\r\n.three\r\nlast line\r\n"; !strings.Contains(s.content, want) {
+				t.Errorf("the stored body is not the lines as written (%q):\n%q", want, s.content)
+			}
+		}})
+	})
+
 	srv.stop()
 	all := readStored(t, data, users...)
 	for _, c := range checks {
@@ -198,5 +236,36 @@ func checkWhole(t *testing.T, s stored, msg string) {
 	}
 	if !strings.HasSuffix(s.content, msg) {
 		t.Errorf("the message in %s does not end with what was sent:\n%s", s.where, s.content)
+	}
+}
+
+// TestBareNewlineReject: with --bare-newline reject the relay refuses what
+// TestInterop's smtplib client sends with bare LF line ends, 550 5.6.0,
+// and queues nothing.
+func TestBareNewlineReject(t *testing.T) {
+	t.Parallel()
+	python := needTool(t, "python3")
+	data := workDir(t)
+	addUsers(t, data, "bob@localhost")
+	srv := startServer(t, data, "--bare-newline", "reject")
+	const script = `
+import smtplib, sys
+host, port = sys.argv[1].rsplit(":", 1)
+raw = b"From: app@localhost\nTo: bob@localhost\nSubject: bare LF\n\nbody\n"
+with smtplib.SMTP(host, int(port), local_hostname="python.e2e.relay.test", timeout=30) as s:
+    try:
+        s.sendmail("app@localhost", ["bob@localhost"], raw)
+    except smtplib.SMTPDataError as e:
+        print("refused", e.smtp_code, e.smtp_error.decode())
+        sys.exit(0)
+sys.exit("accepted")
+`
+	out, code := runTool(t, python, "-c", script, srv.addr)
+	if code != 0 || !strings.Contains(out, "refused 550 5.6.0 ") {
+		t.Fatalf("python3 smtplib exit %d, want the message refused with 550 5.6.0:\n%s", code, out)
+	}
+	srv.stop()
+	if all := readStored(t, data, "bob@localhost"); len(all) != 0 {
+		t.Errorf("%d messages stored, want none", len(all))
 	}
 }

@@ -323,8 +323,9 @@ func TestQueueTailFollow(t *testing.T) {
 
 // TestSendmail: `relay sendmail` with the usual flags hands a program's
 // message to the running server: -t takes the recipients from the header
-// and drops Bcc, missing header fields are added, a lone dot ends the input
-// unless -i; bad input exits non-zero and queues nothing.
+// (a bare name, "To: ..., carol", as a local user) and drops Bcc, missing
+// header fields are added, a lone dot ends the input unless -i; bad input
+// exits non-zero and queues nothing.
 func TestSendmail(t *testing.T) {
 	t.Parallel()
 	data := filepath.Join(workDir(t), "data")
@@ -348,7 +349,7 @@ func TestSendmail(t *testing.T) {
 		m := got[0]
 		for _, want := range []string{
 			"Received: by localhost (relay sendmail, from user ", "From: Cron Daemon <cron@localhost>\r\n",
-			"Subject: nightly backup report\r\n", "\r\nDate: ", "\r\nMessage-Id: <",
+			"Subject: nightly backup report\r\n", "\r\nDate: ", "\r\nMessage-ID: <",
 			"\r\n\r\nThe nightly backup finished.\r\n\r\n.leading dot line, kept as it is\r\n",
 		} {
 			if !strings.Contains(m, want) {

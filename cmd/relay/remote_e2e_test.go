@@ -97,7 +97,9 @@ func TestRemoteDelivery(t *testing.T) {
 		"--retry-first", "1s", "--retry-max", "2s")
 	aIMAP := a.listener(t, "imap")
 
-	first := crlf("From: Alice <alice@a.test>\nTo: bob@b.test\nSubject: first\nMessage-Id: <first@a.test>\n\nHello Bob, from A to B.\n..and a line with a dot.\n")
+	// A complete message (Date: and Message-ID:, which submission would
+	// add) arrives at B as alice sent it.
+	first := crlf("From: Alice <alice@a.test>\nTo: bob@b.test\nSubject: first\nMessage-Id: <first@a.test>\nDate: Tue, 01 Dec 2026 12:00:00 +0000\n\nHello Bob, from A to B.\n..and a line with a dot.\n")
 	a.submit(t, "alice@a.test", []string{"bob@b.test"}, first)
 	got := waitInbox(t, b.listener(t, "imap"), "bob@b.test", 1)
 	if len(got) != 1 || !strings.HasSuffix(got[0], first) {
@@ -110,7 +112,7 @@ func TestRemoteDelivery(t *testing.T) {
 
 	// B goes away: A keeps the message and retries.
 	b.kill()
-	second := crlf("From: Alice <alice@a.test>\nTo: bob@b.test\nSubject: second\nMessage-Id: <second@a.test>\n\nWhile you were out.\n")
+	second := crlf("From: Alice <alice@a.test>\nTo: bob@b.test\nSubject: second\nMessage-Id: <second@a.test>\nDate: Tue, 01 Dec 2026 12:05:00 +0000\n\nWhile you were out.\n")
 	a.submit(t, "alice@a.test", []string{"bob@b.test"}, second)
 	var q queued
 	if !waitFor(20*time.Second, func() bool {

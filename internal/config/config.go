@@ -58,6 +58,9 @@ type Config struct {
 	MaxErrors           int      `toml:"max-errors"`
 	SessionTimeout      Duration `toml:"session-timeout"`
 	MaxLineLength       int      `toml:"max-line-length"`
+	// BareNewline is what becomes of a bare LF in message data: normalize
+	// (stored as CRLF) or reject (550 5.6.0).
+	BareNewline string `toml:"bare-newline"`
 
 	// DeliveryWorkers bounds the messages in delivery at once;
 	// DestinationConcurrency the connections to one destination.
@@ -120,7 +123,9 @@ func Default() Config {
 		SessionTimeout: Duration(time.Hour),
 		// Postfix splits lines past line_length_limit = 2048; the relay
 		// refuses them, past a limit twice RFC 5322's 998.
-		MaxLineLength:   2000,
+		MaxLineLength: 2000,
+		// Postfix 3.9: smtpd_forbid_bare_newline = normalize.
+		BareNewline:     "normalize",
 		DeliveryWorkers: 32,
 		// Postfix: default_destination_concurrency_limit = 20.
 		DestinationConcurrency: 20,
@@ -255,6 +260,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SessionTimeout <= 0 || c.SMTPTimeout <= 0 || c.DataTimeout <= 0 {
 		errs = append(errs, errors.New("smtp-timeout, data-timeout, session-timeout: must be positive"))
+	}
+	if c.BareNewline != "normalize" && c.BareNewline != "reject" {
+		errs = append(errs, fmt.Errorf("bare-newline: %q is not normalize or reject", c.BareNewline))
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("log-format: %q is not text or json", c.LogFormat))
@@ -433,6 +441,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxLineLength, "max-line-length", c.MaxLineLength, "longest SMTP command or message line")
 	fs.Var(sizeValue{&c.MinFreeSpace}, "min-free-space", "free disk space below which new mail is refused, a `size` (0: 2 x max-message-size + 64MiB)")
 	fs.Var(sizeValue{&c.MemoryLimit}, "memory-limit", "soft limit of the Go heap, a `size` (0: runtime default)")
+	fs.StringVar(&c.BareNewline, "bare-newline", c.BareNewline, "a bare LF in message data: normalize (store it as CRLF) or reject")
 	fs.IntVar(&c.DeliveryWorkers, "delivery-workers", c.DeliveryWorkers, "messages in delivery at once")
 	fs.IntVar(&c.DestinationConcurrency, "destination-concurrency", c.DestinationConcurrency, "most connections to one destination")
 	fs.Var(&c.RetryFirst, "retry-first", "delay before the first retry, a `duration` such as 30s, 5m, 4h")

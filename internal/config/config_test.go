@@ -31,6 +31,9 @@ func TestDefaultIsValid(t *testing.T) {
 	if c.Data != "./relay-data" || c.SMTP != "127.0.0.1:2525" || c.Submission != "127.0.0.1:2587" || !Off(c.Submissions) {
 		t.Errorf("defaults differ from DESIGN.md: %+v", c)
 	}
+	if c.BareNewline != "normalize" {
+		t.Errorf("bare-newline default %q, want normalize", c.BareNewline)
+	}
 	if time.Duration(c.RetryFirst) != 5*time.Minute || time.Duration(c.QueueLifetime) != 5*24*time.Hour {
 		t.Errorf("retry defaults: %v %v", c.RetryFirst, c.QueueLifetime)
 	}
@@ -45,6 +48,7 @@ hostname = "file.example"
 domain = ["a.example", "b.example"]
 retry-first = "2m"
 transport = ["c.example=127.0.0.1:25"]
+bare-newline = "reject"
 `)
 	for _, tc := range []struct {
 		name string
@@ -65,6 +69,10 @@ transport = ["c.example=127.0.0.1:25"]
 			func(c Config) bool { return c.Hostname == "flag.example" }},
 		{"repeated flag replaces list", "", []string{"--config", file, "--domain", "x.example", "--domain", "y.example"},
 			func(c Config) bool { return slices.Equal(c.Domains, []string{"x.example", "y.example"}) }},
+		{"bare-newline from the file", "", []string{"--config", file},
+			func(c Config) bool { return c.BareNewline == "reject" }},
+		{"bare-newline flag beats file", "", []string{"--config", file, "--bare-newline", "normalize"},
+			func(c Config) bool { return c.BareNewline == "normalize" }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("RELAY_DATA", tc.env)
@@ -114,6 +122,9 @@ func TestValidate(t *testing.T) {
 		{"min-free-space under max-message-size", func(c *Config) { c.MinFreeSpace = c.MaxMessageSize - 1 }, "min-free-space"},
 		{"min-free-space of max-message-size", func(c *Config) { c.MinFreeSpace = c.MaxMessageSize }, ""},
 		{"min-free-space default", func(c *Config) { c.MinFreeSpace = 0 }, ""},
+		{"bare-newline reject", func(c *Config) { c.BareNewline = "reject" }, ""},
+		{"bad bare-newline", func(c *Config) { c.BareNewline = "fix" }, "bare-newline"},
+		{"empty bare-newline", func(c *Config) { c.BareNewline = "" }, "bare-newline"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Default()

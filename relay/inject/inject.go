@@ -7,6 +7,7 @@ package inject
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -114,13 +115,11 @@ func Prepare(msg *bufio.Reader, o Options) (header []byte, rcpts []string, err e
 	mh := mail.Header{Header: message.Header{Header: h}}
 	if o.Extract {
 		for _, k := range []string{"To", "Cc", "Bcc"} {
-			list, err := mh.AddressList(k)
+			list, err := addressList(mh, k)
 			if err != nil {
 				return nil, nil, fmt.Errorf("message header %s: %w", k, err)
 			}
-			for _, a := range list {
-				rcpts = append(rcpts, a.Address)
-			}
+			rcpts = append(rcpts, list...)
 		}
 		// RFC 5322 §3.6.3: Bcc recipients are not shown to the others.
 		mh.Del("Bcc")
@@ -128,18 +127,104 @@ func Prepare(msg *bufio.Reader, o Options) (header []byte, rcpts []string, err e
 	if !mh.Has("From") && o.From != "" {
 		mh.SetAddressList("From", []*mail.Address{{Name: o.FullName, Address: o.From}})
 	}
-	if !mh.Has("Date") {
-		mh.SetDate(o.Now)
-	}
-	if !mh.Has("Message-Id") {
-		mh.SetMessageID(o.MessageID + "@" + o.Hostname)
-	}
-	var b strings.Builder
+	var b bytes.Buffer
 	if err := textproto.WriteHeader(&b, mh.Header.Header); err != nil {
 		return nil, nil, err
 	}
-	return []byte(b.String()), rcpts, nil
+	// The header is in memory already, so the scan needs no bound of its
+	// own.
+	st := Stamp{Date: o.Now, MessageID: o.MessageID + "@" + o.Hostname}
+	header, err = io.ReadAll(Complete(&b, st, b.Len()+1))
+	if err != nil {
+		return nil, nil, err
+	}
+	return header, rcpts, nil
 }
+
+// addressList returns the addresses of the header field k. A bare name
+// without a domain ("To: bob@localhost, carol") is returned as it is, for
+// the caller to take as a local user, as sendmail takes one on the command
+// line; RFC 5322 has no such address, so the field is read item by item
+// when it does not parse as a whole.
+func addressList(h mail.Header, k string) ([]string, error) {
+	list, err := h.AddressList(k)
+	if err == nil {
+		out := make([]string, len(list))
+		for i, a := range list {
+			out[i] = a.Address
+		}
+		return out, nil
+	}
+	var out []string
+	for _, v := range h.Values(k) {
+		for _, item := range splitList(v) {
+			item = strings.TrimSpace(item)
+			if item == "" {
+				continue
+			}
+			if a, perr := mail.ParseAddress(item); perr == nil {
+				out = append(out, a.Address)
+				continue
+			}
+			name, ok := bareName(item)
+			if !ok {
+				return nil, err
+			}
+			out = append(out, name)
+		}
+	}
+	return out, nil
+}
+
+// splitList cuts an address list at the commas that separate its items,
+// not those inside quoted strings, comments or angle brackets.
+func splitList(v string) []string {
+	var items []string
+	depth, quoted, angle, start := 0, false, false, 0
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case c == '\\' && (quoted || depth > 0):
+			i++
+		case c == '"' && depth == 0:
+			quoted = !quoted
+		case quoted:
+		case c == '(':
+			depth++
+		case c == ')' && depth > 0:
+			depth--
+		case depth > 0:
+		case c == '<':
+			angle = true
+		case c == '>':
+			angle = false
+		case c == ',' && !angle:
+			items = append(items, v[start:i])
+			start = i + 1
+		}
+	}
+	return append(items, v[start:])
+}
+
+// bareName returns the local name of an item that is one without a domain,
+// alone or in angle brackets after a display name ("carol", "Carol
+// <carol>"): a dot-atom of RFC 5322 §3.2.3, UTF-8 allowed (RFC 6532).
+func bareName(item string) (string, bool) {
+	if i := strings.LastIndexByte(item, '<'); i >= 0 && strings.HasSuffix(item, ">") {
+		item = item[i+1 : len(item)-1]
+	}
+	if item == "" || strings.HasPrefix(item, ".") || strings.HasSuffix(item, ".") || strings.Contains(item, "..") {
+		return "", false
+	}
+	for _, r := range item {
+		if r < 0x80 && !strings.ContainsRune(atext, r) && r != '.' {
+			return "", false
+		}
+	}
+	return item, true
+}
+
+// atext is RFC 5322 §3.2.3 atext.
+const atext = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
 
 // startsWithHeader reports whether msg opens with a header field. Input
 // without one (`echo hello | relay sendmail bob`) is all body, as sendmail

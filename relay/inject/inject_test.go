@@ -89,12 +89,13 @@ func TestPrepareFixture(t *testing.T) {
 		t.Fatal(err)
 	}
 	h, rcpts, body := prepare(t, string(raw), Options{From: "app@localhost", Extract: true})
-	if want := []string{"bob@localhost", "carol@localhost", "dave@example.test", "erin@localhost"}; !slices.Equal(rcpts, want) {
+	// A bare name stays as it is, for the server to qualify.
+	if want := []string{"bob@localhost", "carol", "dave@example.test", "erin@localhost"}; !slices.Equal(rcpts, want) {
 		t.Errorf("recipients %q, want %q", rcpts, want)
 	}
 	for _, want := range []string{
 		"From: Cron Daemon <cron@localhost>\r\n", "Subject: nightly backup report\r\n",
-		"Date: Tue, 01 Dec 2026 12:00:00 +0000\r\n", "Message-Id: <QID@mx.example.org>\r\n",
+		"Date: Tue, 01 Dec 2026 12:00:00 +0000\r\n", "Message-ID: <QID@mx.example.org>\r\n",
 	} {
 		if !strings.Contains(h, want) {
 			t.Errorf("header lacks %q:\n%s", want, h)
@@ -124,7 +125,7 @@ func TestPrepare(t *testing.T) {
 			name: "adds From with the full name",
 			in:   "Subject: hi\n\nhello\n",
 			o:    Options{From: "app@example.org", FullName: "The App"},
-			has:  []string{`From: "The App" <app@example.org>`, "Date: Tue, 01 Dec 2026 12:00:00 +0000", "Message-Id: <QID@mx.example.org>", "Subject: hi"},
+			has:  []string{`From: "The App" <app@example.org>`, "Date: Tue, 01 Dec 2026 12:00:00 +0000", "Message-ID: <QID@mx.example.org>", "Subject: hi"},
 			body: "hello\r\n",
 		},
 		{
@@ -149,6 +150,14 @@ func TestPrepare(t *testing.T) {
 			hasNot: []string{"Bcc", "d@example.org"},
 			rcpts:  []string{"a@example.org", "b@example.org", "c@example.org", "d@example.org"},
 			body:   "body\r\n",
+		},
+		{
+			name:  "-t takes bare local names, alone or in angle brackets",
+			in:    "To: bob@localhost, carol\nCc: Dave <dave>, \"Smith, Erin\" <erin@example.org> (Erin, at work)\nBcc: frank.x\n\nbody\n",
+			o:     Options{Extract: true},
+			has:   []string{"To: bob@localhost, carol"},
+			rcpts: []string{"bob@localhost", "carol", "dave", "erin@example.org", "frank.x"},
+			body:  "body\r\n",
 		},
 		{
 			name: "no header at all: all body",
@@ -187,8 +196,10 @@ func TestPrepare(t *testing.T) {
 }
 
 func TestPrepareBadHeader(t *testing.T) {
-	br := bufio.NewReader(strings.NewReader("To: <unterminated\r\n\r\nbody\r\n"))
-	if _, _, err := Prepare(br, Options{Extract: true, Now: now}); err == nil {
-		t.Error("Prepare -t with an unparsable To: succeeded")
+	for _, to := range []string{"<unterminated", "bob@localhost, carol@", "carol, .dave", "carol, da ve", "team: carol;"} {
+		br := bufio.NewReader(strings.NewReader("To: " + to + "\r\n\r\nbody\r\n"))
+		if _, rcpts, err := Prepare(br, Options{Extract: true, Now: now}); err == nil {
+			t.Errorf("Prepare -t with To: %s succeeded: %q", to, rcpts)
+		}
 	}
 }

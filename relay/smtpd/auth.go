@@ -70,6 +70,9 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 // the password, until the lockout ends: the same answer for a name that
 // exists and one that does not.
 func (s *session) authenticate(user, pass string) error {
+	if s.gone() {
+		return errIdleTimeout
+	}
 	t := s.srv.cfg.Throttle
 	ipKey, userKey := throttle.IPKey(s.addr), "user:"+mailbox.NormalizeUser(user)
 	if blocked, retry := t.Blocked(ipKey, userKey); blocked {

@@ -281,7 +281,7 @@ func TestSubmission(t *testing.T) {
 			}
 		}
 		// RFC 3848: ESMTPA, authenticated on plain-text loopback.
-		if hdr := s.wantBody(t, m, plainBody); !strings.Contains(hdr, " with ESMTPA id ") {
+		if hdr := s.wantBody(t, m, stamped(m, plainBody)); !strings.Contains(hdr, " with ESMTPA id ") {
 			t.Errorf("Received: header does not say ESMTPA:\n%s", hdr)
 		}
 	})
@@ -334,7 +334,7 @@ func TestSubmission(t *testing.T) {
 			t.Errorf("ClientIP = %q, want 127.0.0.2", m.ClientIP)
 		}
 		// RFC 3848: ESMTPSA, with TLS and AUTH.
-		if hdr := s.wantBody(t, m, plainBody); !strings.Contains(hdr, " with ESMTPSA id ") || !strings.Contains(hdr, "([127.0.0.2])") {
+		if hdr := s.wantBody(t, m, stamped(m, plainBody)); !strings.Contains(hdr, " with ESMTPSA id ") || !strings.Contains(hdr, "([127.0.0.2])") {
 			t.Errorf("Received: header does not say ESMTPSA from 127.0.0.2:\n%s", hdr)
 		}
 	})

@@ -3,7 +3,9 @@ package smtpd_test
 // The dialog runner plays the SMTP transcripts in testdata/dialogs/*.txt
 // against a fresh server each (testConfig: local domains localhost and
 // relay.test), over a raw socket, so that byte-level attacks reach the
-// server unchanged.
+// server unchanged. Each transcript runs twice, with bare-newline normalize
+// and reject: the two differ only for a bare LF that cannot end anything,
+// which no transcript sends, so every one must pass with both.
 //
 // A transcript is a list of lines, each starting with a tag:
 //
@@ -44,6 +46,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/relaymail/relay/relay/smtpd"
 )
 
 const dialogDir = "../../testdata/dialogs"
@@ -58,12 +62,21 @@ func TestDialogs(t *testing.T) {
 		t.Fatalf("no dialogs in %s", dialogDir)
 	}
 	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) {
-			t.Parallel()
-			runDialog(t, f)
-		})
+		for _, mode := range bareNewlineModes {
+			t.Run(strings.TrimSuffix(filepath.Base(f), ".txt")+"/"+mode.name, func(t *testing.T) {
+				t.Parallel()
+				runDialog(t, f, mode.v)
+			})
+		}
 	}
 }
+
+// bareNewlineModes are the two bare-newline settings, for the tests that
+// must hold with both.
+var bareNewlineModes = []struct {
+	name string
+	v    smtpd.BareNewline
+}{{"normalize", smtpd.NormalizeBareLF}, {"reject", smtpd.RejectBareLF}}
 
 // dialogLine is one tagged line of a transcript.
 type dialogLine struct {
@@ -146,12 +159,13 @@ func unescape(text string) (string, error) {
 	return b.String(), nil
 }
 
-func runDialog(t *testing.T, path string) {
+func runDialog(t *testing.T, path string, bareNL smtpd.BareNewline) {
 	lines := readDialog(t, path)
 	if len(lines) == 0 || lines[0].tag != "#" {
 		t.Fatalf("%s: must start with a # comment naming the RFC clause or attack", path)
 	}
 	cfg := testConfig()
+	cfg.BareNewline = bareNL
 	i := 0
 	for ; i < len(lines) && lines[i].tag != "C"; i++ {
 		if lines[i].tag == "T" {

@@ -30,7 +30,12 @@ var (
 	// RFC 5321 §2.3.8: lines end in CRLF only. Accepting a bare LF or CR
 	// lets a client smuggle a second message past a server that reads the
 	// end of data differently (SMTP smuggling).
-	errBareNewline     = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "message contains a bare LF or CR; lines must end with CRLF"}
+	errBareNewline = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "message contains a bare LF or CR; lines must end with CRLF"}
+	// With bare-newline = normalize: a bare LF next to a line of a single
+	// dot, where another server would end the data.
+	errSmuggling = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "message contains a bare LF where it could end the data; lines must end with CRLF"}
+	// RFC 5322 §2.2 and §3.5: a message has no NUL octets.
+	errNULReply        = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "message contains a NUL octet, which is not allowed in mail"}
 	errHeader8bitReply = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "8-bit data in the message header needs SMTPUTF8 or BODY=8BITMIME"}
 	errLineTooLong     = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 6}, Message: "line too long, closing connection"}
 	errTimeout         = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "timeout reading message data, closing connection"}
@@ -46,6 +51,9 @@ var (
 	errNoMech       = &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "unrecognized authentication mechanism"}
 	errNotYours     = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "sender address not owned by the authenticated user"}
 	errShutdown     = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "service shutting down, try again later"}
+	// errIdleTimeout refuses what go-smtp runs after the session ended at
+	// a command timeout (trackedConn.commandTimeout).
+	errIdleTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Idle timeout, bye bye"}
 	// RFC 5321 §4.2.5 lets a server end a session with 421; Postfix does
 	// so after smtpd_hard_error_limit errors.
 	errTooManyErrors = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "too many errors, closing connection"}
@@ -114,16 +122,37 @@ func (s *session) counted(err error) error {
 	return errTooManyErrors
 }
 
+// gone reports whether the server has ended the session by itself (a
+// command timeout): go-smtp may still run the unfinished line it was
+// reading, and nothing of it may happen.
+func (s *session) gone() bool {
+	t := trackedOf(s.conn.Conn())
+	return t != nil && t.ended.Load()
+}
+
 // Mail implements smtp.Session.
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if s.gone() {
+		return errIdleTimeout
+	}
 	return s.counted(s.mail(from, opts))
 }
 
 // Rcpt implements smtp.Session.
-func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error { return s.counted(s.rcpt(to, opts)) }
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if s.gone() {
+		return errIdleTimeout
+	}
+	return s.counted(s.rcpt(to, opts))
+}
 
 // Data implements smtp.Session.
-func (s *session) Data(r io.Reader) error { return s.counted(s.data(r)) }
+func (s *session) Data(r io.Reader) error {
+	if s.gone() {
+		return errIdleTimeout
+	}
+	return s.counted(s.data(r))
+}
 
 // mail handles MAIL FROM. The null reverse path <> is allowed on the relay
 // port (bounces); on the submission port the sender must be the
@@ -269,11 +298,7 @@ func (s *session) data(r io.Reader) error {
 		idle: s.srv.cfg.DataIdleTimeout,
 		end:  time.Now().Add(s.srv.cfg.DataTimeout),
 	}
-	var client io.Reader = &crlfReader{r: dr}
-	if !m.Params.SMTPUTF8 && m.Params.Body != "8BITMIME" {
-		client = &header7bit{r: client}
-	}
-	body := s.srv.cfg.Space.CheckAtEnd(io.MultiReader(strings.NewReader(s.received(m)), client))
+	body := s.srv.cfg.Space.CheckAtEnd(io.MultiReader(strings.NewReader(s.received(m)), s.message(dr, chunkedData(r), m)))
 	// go-smtp sets a fresh deadline before it reads the next command, so
 	// the data deadline needs no reset here; after a timeout it must stay
 	// expired so that go-smtp's drain of the rest returns at once.
@@ -282,7 +307,14 @@ func (s *session) data(r io.Reader) error {
 	}
 	// The spool's mail log has the "accepted" line.
 	s.srv.cfg.Metrics.Accepted()
-	return nil
+	return queued(m.ID)
+}
+
+// queued is the reply to an accepted message, naming its queue ID as
+// Postfix does. go-smtp writes an *smtp.SMTPError from Data as it is, so a
+// 250 one is how the reply gets its text; counted passes it on uncounted.
+func queued(id string) error {
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
 }
 
 // dataError maps a failed enqueue to its reply and logs the cause.
@@ -295,6 +327,10 @@ func (s *session) dataError(m *spool.Message, err error) error {
 		reply, reason = smtp.ErrDataTooLarge, "too large"
 	case errors.Is(err, errBareLine):
 		reply, reason = errBareNewline, "bare newline"
+	case errors.Is(err, errDotLine):
+		reply, reason = errSmuggling, "bare newline"
+	case errors.Is(err, errNUL):
+		reply, reason = errNULReply, "NUL octet"
 	case errors.Is(err, errHeader8bit):
 		reply, reason = errHeader8bitReply, "8-bit header"
 	case errors.Is(err, errTimeout), errors.As(err, &ne) && ne.Timeout():
@@ -358,10 +394,7 @@ func sanitize(s string) string {
 	}, s)
 }
 
-var (
-	errBareLine   = errors.New("bare LF or CR in message data")
-	errHeader8bit = errors.New("8-bit octet in the header without SMTPUTF8 or BODY=8BITMIME")
-)
+var errHeader8bit = errors.New("8-bit octet in the header without SMTPUTF8 or BODY=8BITMIME")
 
 // header7bit fails with errHeader8bit at the first octet above 0x7f in the
 // header section. RFC 6152 allows 8-bit data only after BODY=8BITMIME, and
@@ -387,31 +420,6 @@ func (h *header7bit) Read(p []byte) (int, error) {
 		default:
 			h.lineLen++
 		}
-	}
-	return n, err
-}
-
-// crlfReader passes data through and fails with errBareLine at the first LF
-// not preceded by CR or CR not followed by LF.
-type crlfReader struct {
-	r      io.Reader
-	prevCR bool
-}
-
-func (c *crlfReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	for i := 0; i < n; i++ {
-		switch b := p[i]; {
-		case c.prevCR && b != '\n':
-			return 0, errBareLine
-		case !c.prevCR && b == '\n':
-			return 0, errBareLine
-		default:
-			c.prevCR = b == '\r'
-		}
-	}
-	if err == io.EOF && c.prevCR {
-		return 0, errBareLine
 	}
 	return n, err
 }

@@ -95,6 +95,9 @@ type Config struct {
 	// min-free-space (452 4.3.1 at MAIL and at the end of the data); nil
 	// never refuses.
 	Space *diskspace.Guard
+	// BareNewline says what becomes of a bare LF in message data; the
+	// zero value normalizes it.
+	BareNewline BareNewline
 }
 
 // Accounts is what ingress needs of the account store.
@@ -190,8 +193,8 @@ func New(cfg Config, sp *spool.Spool, log *slog.Logger) *Server {
 	srv.MaxLineLength = cfg.MaxLineLength
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
-	if !cfg.ImplicitTLS {
-		srv.TLSConfig = cfg.TLS
+	if !cfg.ImplicitTLS && cfg.TLS != nil {
+		srv.TLSConfig = markTLS(cfg.TLS)
 	}
 	// AUTH is offered per connection by session.AuthMechanisms, which
 	// applies PlainAuthNets; go-smtp's own switch would refuse AUTH on
@@ -214,6 +217,7 @@ func (s *Server) Serve(l net.Listener) error {
 	var ln net.Listener = tl
 	if s.cfg.ImplicitTLS {
 		// Tracking sits under TLS, so go-smtp still sees a *tls.Conn.
+		tl.implicitTLS = true
 		ln = tls.NewListener(ln, s.cfg.TLS)
 	}
 	err := s.smtp.Serve(ln)
@@ -280,9 +284,10 @@ func (s *Server) refuseConn(c net.Conn, err error) {
 // Shutdown closes it before go-smtp does, so closing is idempotent.
 type trackingListener struct {
 	net.Listener
-	srv       *Server
-	closeOnce sync.Once
-	closeErr  error
+	srv         *Server
+	implicitTLS bool
+	closeOnce   sync.Once
+	closeErr    error
 }
 
 func (l *trackingListener) Close() error {
@@ -296,6 +301,7 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	tc := &trackedConn{Conn: c, srv: l.srv}
+	tc.tlsStarted.Store(l.implicitTLS)
 	l.srv.mu.Lock()
 	l.srv.conns[tc] = struct{}{}
 	l.srv.mu.Unlock()
@@ -317,6 +323,46 @@ type trackedConn struct {
 	// dataDeadline is set while the read deadline is the message data's
 	// (setDataDeadline) rather than go-smtp's command deadline.
 	dataDeadline atomic.Bool
+	// ended is set once the server has ended the session by itself: a
+	// command that go-smtp still runs after that is refused.
+	ended atomic.Bool
+	// tlsStarted is set once a TLS handshake has begun on the connection,
+	// and tlsConn once a session runs over the finished handshake (at the
+	// EHLO after it): the server's own replies go through it, never as
+	// plain text into the TLS stream. In between there is nothing to write
+	// them to.
+	tlsStarted atomic.Bool
+	tlsConn    atomic.Pointer[tls.Conn]
+}
+
+// markTLS returns cfg for STARTTLS with a hook that marks the tracked
+// connection under the handshake.
+func markTLS(cfg *tls.Config) *tls.Config {
+	cfg = cfg.Clone()
+	next := cfg.GetConfigForClient
+	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if tc, ok := hello.Conn.(*trackedConn); ok {
+			tc.tlsStarted.Store(true)
+		}
+		if next != nil {
+			return next(hello)
+		}
+		return nil, nil
+	}
+	return cfg
+}
+
+// replyConn is where the server's own replies go: the plain connection, or
+// TLS over it once the handshake is done; nil while a handshake is under
+// way or unfinished.
+func (c *trackedConn) replyConn() net.Conn {
+	if t := c.tlsConn.Load(); t != nil {
+		return t
+	}
+	if c.tlsStarted.Load() {
+		return nil
+	}
+	return c.Conn
 }
 
 // setDataDeadline sets c's read deadline for message data. A read that
@@ -347,24 +393,56 @@ func (c *trackedConn) SetDeadline(t time.Time) error {
 
 func (c *trackedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if err != nil && c.dataDeadline.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return n, err
+	}
+	if c.dataDeadline.Load() {
 		c.closeAfterWrite.Store(true)
 		return n, errTimeout
 	}
+	c.commandTimeout()
 	return n, err
 }
 
+// commandTimeout ends a session whose command deadline has passed. go-smtp
+// reads command lines with bufio.Reader.ReadLine, which returns the bytes it
+// holds as a whole line when the read under it fails: an unfinished line
+// (MAIL FROM:<a@x.test> without its CRLF) would run, and a client could keep
+// a connection for the session limit with one such line per command
+// timeout. So the session ends here, before go-smtp sees the line, with the
+// idle session's reply; whatever go-smtp then runs is refused (session.gone)
+// and its reply has no connection left to go to. Between the start of TLS
+// and the EHLO after it the relay holds nothing to write TLS through, so
+// there go-smtp's own reply goes (its idle reply, or its answer to the
+// unfinished line, which the session refuses) and the connection closes
+// after it.
+func (c *trackedConn) commandTimeout() {
+	c.ended.Store(true)
+	if c.replyConn() == nil {
+		c.closeAfterWrite.Store(true)
+		return
+	}
+	c.bye(idleReply)
+}
+
 // Replies written under go-smtp, when the server ends a session by itself.
+// idleReply has go-smtp's own words for an idle client, so that a client
+// hears the same whichever of the two ends the session.
 const (
 	shutdownReply       = "421 4.3.2 service shutting down, try again later\r\n"
 	sessionTimeoutReply = "421 4.4.2 session too long, closing connection\r\n"
+	idleReply           = "421 4.4.2 Idle timeout, bye bye\r\n"
 )
 
-// bye ends a session with reply. It is written under the connection rather
-// than through go-smtp, which is blocked reading the client's next command.
+// bye ends a session with reply. It is written under go-smtp, which is
+// blocked reading the client's next command, through TLS when the session
+// has it (and not at all while a handshake is unfinished).
 func (c *trackedConn) bye(reply string) {
-	c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-	io.WriteString(c.Conn, reply)
+	c.ended.Store(true)
+	if w := c.replyConn(); w != nil {
+		c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		io.WriteString(w, reply)
+	}
 	c.Close()
 }
 
@@ -438,6 +516,14 @@ func (c *trackedConn) Close() error {
 // NewSession implements smtp.Backend; go-smtp calls it at the first
 // HELO/EHLO.
 func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	if tc := trackedOf(c.Conn()); tc != nil {
+		if tc.ended.Load() {
+			return nil, errIdleTimeout
+		}
+		if t, ok := c.Conn().(*tls.Conn); ok {
+			tc.tlsConn.Store(t)
+		}
+	}
 	sess := &session{srv: s, conn: c}
 	if ap, err := netip.ParseAddrPort(c.Conn().RemoteAddr().String()); err == nil {
 		sess.addr = ap.Addr().Unmap()

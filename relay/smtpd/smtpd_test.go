@@ -638,37 +638,46 @@ func TestBareLineEndings(t *testing.T) {
 	tests := []struct {
 		name string
 		body string
-		want string
+		// want is the reply with bare-newline normalize and reject;
+		// normalized is what normalize stores when it takes the message.
+		want       [2]string
+		normalized string
 	}{
-		{"bare LF", "Subject: x\r\n\r\nline one\nline two\r\n", "550 5.6.0"},
-		{"bare CR", "Subject: x\r\n\r\nline one\rline two\r\n", "550 5.6.0"},
-		{"bare LF in header", "Subject: x\nX: y\r\n\r\nbody\r\n", "550 5.6.0"},
-		{"LF CR", "Subject: x\r\n\r\nline\n\rline\r\n", "550 5.6.0"},
-		{"bare LF at the very start", "\nSubject: x\r\n\r\nbody\r\n", "550 5.6.0"},
-		{"all CRLF", "Subject: x\r\n\r\nline one\r\nline two\r\n\r\n\r\n", "250 2.0.0"},
-		{"empty", "", "250 2.0.0"},
-		{"headers only", "Subject: x\r\n", "250 2.0.0"},
+		{"bare LF", "Subject: x\r\n\r\nline one\nline two\r\n", [2]string{"250 2.0.0", "550 5.6.0"}, "Subject: x\r\n\r\nline one\r\nline two\r\n"},
+		{"bare CR", "Subject: x\r\n\r\nline one\rline two\r\n", [2]string{"550 5.6.0", "550 5.6.0"}, ""},
+		{"bare LF in header", "Subject: x\nX: y\r\n\r\nbody\r\n", [2]string{"250 2.0.0", "550 5.6.0"}, "Subject: x\r\nX: y\r\n\r\nbody\r\n"},
+		{"LF CR", "Subject: x\r\n\r\nline\n\rline\r\n", [2]string{"550 5.6.0", "550 5.6.0"}, ""},
+		// An empty line ended by a bare LF after a CRLF (or at the start)
+		// is what <CRLF>.<LF> looks like once go-smtp dropped the dot.
+		{"bare LF at the very start", "\nSubject: x\r\n\r\nbody\r\n", [2]string{"550 5.6.0", "550 5.6.0"}, ""},
+		{"all CRLF", "Subject: x\r\n\r\nline one\r\nline two\r\n\r\n\r\n", [2]string{"250 2.0.0", "250 2.0.0"}, "Subject: x\r\n\r\nline one\r\nline two\r\n\r\n\r\n"},
+		{"empty", "", [2]string{"250 2.0.0", "250 2.0.0"}, ""},
+		{"headers only", "Subject: x\r\n", [2]string{"250 2.0.0", "250 2.0.0"}, "Subject: x\r\n"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			s := startServer(t, testConfig())
-			rc := s.rawHello(t)
-			rc.expect("MAIL FROM:<a@example.net>", "250 ")
-			rc.expect("RCPT TO:<b@localhost>", "250 ")
-			rc.expect("DATA", "354 ")
-			rc.write(tt.body + ".\r\n")
-			if got := rc.reply(); !strings.HasPrefix(got, tt.want) {
-				t.Fatalf("end of data: got %q, want %q", got, tt.want)
-			}
-			if strings.HasPrefix(tt.want, "250") {
-				s.wantBody(t, s.wantQueued(t, 1)[0], tt.body)
-				return
-			}
-			s.wantQueued(t, 0)
-			rc.expect("NOOP", "250 ")
-			rc.expect("MAIL FROM:<a@example.net>", "250 ")
-		})
+	for mi, mode := range bareNewlineModes {
+		for _, tt := range tests {
+			t.Run(mode.name+"/"+tt.name, func(t *testing.T) {
+				t.Parallel()
+				cfg := testConfig()
+				cfg.BareNewline = mode.v
+				s := startServer(t, cfg)
+				rc := s.rawHello(t)
+				rc.expect("MAIL FROM:<a@example.net>", "250 ")
+				rc.expect("RCPT TO:<b@localhost>", "250 ")
+				rc.expect("DATA", "354 ")
+				rc.write(tt.body + ".\r\n")
+				if got := rc.reply(); !strings.HasPrefix(got, tt.want[mi]) {
+					t.Fatalf("end of data: got %q, want %q", got, tt.want[mi])
+				}
+				if strings.HasPrefix(tt.want[mi], "250") {
+					s.wantBody(t, s.wantQueued(t, 1)[0], tt.normalized)
+					return
+				}
+				s.wantQueued(t, 0)
+				rc.expect("NOOP", "250 ")
+				rc.expect("MAIL FROM:<a@example.net>", "250 ")
+			})
+		}
 	}
 }
 
@@ -677,8 +686,18 @@ func TestBareLineEndings(t *testing.T) {
 // follows ends the data (RFC 5321 §4.1.1.4).
 func TestCRBeforeCRLF(t *testing.T) {
 	t.Parallel()
+	for _, mode := range bareNewlineModes {
+		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
+			testCRBeforeCRLF(t, mode.v)
+		})
+	}
+}
+
+func testCRBeforeCRLF(t *testing.T, bareNL smtpd.BareNewline) {
 	cfg := testConfig()
 	cfg.DataIdleTimeout = 2 * time.Second
+	cfg.BareNewline = bareNL
 	s := startServer(t, cfg)
 	rc := s.rawHello(t)
 	rc.expect("MAIL FROM:<a@example.net>", "250 ")
@@ -702,7 +721,18 @@ func TestCRBeforeCRLF(t *testing.T) {
 // the stored data must never lose bytes.
 func TestDotCRInData(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, testConfig())
+	for _, mode := range bareNewlineModes {
+		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
+			testDotCRInData(t, mode.v)
+		})
+	}
+}
+
+func testDotCRInData(t *testing.T, bareNL smtpd.BareNewline) {
+	cfg := testConfig()
+	cfg.BareNewline = bareNL
+	s := startServer(t, cfg)
 	rc := s.rawHello(t)
 	rc.expect("MAIL FROM:<a@example.net>", "250 ")
 	rc.expect("RCPT TO:<b@localhost>", "250 ")

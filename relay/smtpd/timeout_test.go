@@ -6,10 +6,15 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/relaymail/relay/internal/ratelimit"
+	"github.com/relaymail/relay/internal/throttle"
 )
 
 // RFC 5321 §4.5.3.2 lets a server drop a client that stays silent too long;
@@ -265,4 +270,141 @@ func TestBDATTimeoutSmuggling(t *testing.T) {
 		t.Errorf("reply after the timed-out chunk: %q; the connection should be closed", lines)
 	}
 	s.wantQueued(t, 0)
+}
+
+// TestStalledCommandLine: a command line that stops before its CRLF is not
+// a command. When the command timeout fires the client gets the idle
+// session's 421 4.4.2 and the close, whatever the unfinished line says;
+// nothing of it runs (go-smtp's bufio.Reader.ReadLine would otherwise hand
+// the partial line on as a whole one, and a client could hold a connection
+// for the session limit with one such line per command timeout). Over
+// STARTTLS too, where the reply goes through TLS.
+func TestStalledCommandLine(t *testing.T) {
+	t.Parallel()
+	f := newAuthFixture(t)
+	tests := []struct {
+		name string
+		// before are full commands and their replies; partial is sent
+		// without CRLF. auth runs them on the submission port.
+		before  [][2]string
+		partial string
+		auth    bool
+	}{
+		{"MAIL", nil, "MAIL FROM:<a@x.test>", false},
+		{"RCPT", [][2]string{{"MAIL FROM:<a@x.test>", "250 "}}, "RCPT TO:<" + subUser + ">", false},
+		{"DATA", [][2]string{{"MAIL FROM:<a@x.test>", "250 "}, {"RCPT TO:<" + subUser + ">", "250 "}}, "DATA", false},
+		{"NOOP", nil, "NOOP", false},
+		{"RSET", nil, "RSET", false},
+		{"EHLO", nil, "EHLO again.test", false},
+		{"AUTH PLAIN", nil, "AUTH PLAIN " + plainIR("", subUser, "wrong"), true},
+		{"AUTH LOGIN response", [][2]string{{"AUTH LOGIN " + saslB64(subUser), "334 "}}, saslB64("wrong"), true},
+	}
+	for _, withTLS := range []bool{false, true} {
+		for _, tt := range tests {
+			t.Run(fmt.Sprintf("%s/tls=%v", tt.name, withTLS), func(t *testing.T) {
+				t.Parallel()
+				cfg, _ := f.config(tt.auth)
+				cfg.CommandTimeout = 2 * time.Second
+				// One message a minute more than the dialog sends: a
+				// MAIL that ran would use the last one up.
+				mails := 1
+				for _, st := range tt.before {
+					if strings.HasPrefix(st[0], "MAIL ") {
+						mails++
+					}
+				}
+				cfg.IPRate = ratelimit.New(mails, 0)
+				var errs panicRecorder
+				s := startServerLog(t, cfg, slog.New(&errorRecorder{&errs}))
+				rc := s.rawHello(t)
+				if withTLS {
+					rc = rc.startTLS()
+				}
+				rc.dialog(tt.before)
+				rc.write(tt.partial)
+				lines := rc.wantClosed(10 * time.Second)
+				if len(lines) != 1 || !strings.HasPrefix(lines[0], "421 4.4.2 ") {
+					t.Errorf("unfinished %q at the command timeout: got %q before the close, want one 421 4.4.2", tt.partial, lines)
+				}
+				s.wantQueued(t, 0)
+				if n := cfg.Throttle.Failures(throttle.IPKey(netip.MustParseAddr("127.0.0.1"))); n != 0 {
+					t.Errorf("the unfinished line ran: %d AUTH failure(s) counted", n)
+				}
+				// The next session is served (its MAIL within the rate
+				// when none ran before), and the first one logged no
+				// error on its way out.
+				rc = s.rawHello(t)
+				if !tt.auth {
+					rc.expect("MAIL FROM:<a@x.test>", "250 ")
+				}
+				if e := errs.take(); e != "" {
+					t.Errorf("errors logged for a client timeout:\n%s", e)
+				}
+			})
+		}
+	}
+}
+
+// TestTimeoutRepliesOverTLS: when the server ends a session by itself (the
+// command timeout, the session timeout), a TLS client reads the 421 4.4.2
+// inside TLS, never plain text thrown into the TLS stream; before EHLO on
+// implicit TLS it is go-smtp's own reply.
+func TestTimeoutRepliesOverTLS(t *testing.T) {
+	t.Parallel()
+	f := newAuthFixture(t)
+	tests := []struct {
+		name       string
+		implicit   bool
+		ehlo       bool
+		session    bool // the session timeout fires, not the command timeout
+		wantPrefix string
+	}{
+		{"STARTTLS idle", false, true, false, "421 4.4.2 Idle timeout"},
+		{"STARTTLS session too long", false, true, true, "421 4.4.2 session too long"},
+		{"implicit idle before EHLO", true, false, false, "421 4.4.2 Idle timeout"},
+		{"implicit idle after EHLO", true, true, false, "421 4.4.2 Idle timeout"},
+		{"implicit session too long", true, true, true, "421 4.4.2 session too long"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg, _ := f.config(false)
+			cfg.ImplicitTLS = tt.implicit
+			cfg.CommandTimeout, cfg.SessionTimeout = 2*time.Second, time.Hour
+			if tt.session {
+				cfg.CommandTimeout, cfg.SessionTimeout = time.Hour, 2*time.Second
+			}
+			s := startServer(t, cfg)
+			var rc *rawConn
+			if tt.implicit {
+				rc = s.rawDialTLS(t)
+				if tt.ehlo {
+					rc.expect("EHLO client.test", "250 ")
+				}
+			} else {
+				rc = s.rawHello(t).startTLS()
+			}
+			lines := rc.wantClosed(10 * time.Second)
+			if len(lines) != 1 || !strings.HasPrefix(lines[0], tt.wantPrefix) {
+				t.Errorf("got %q before the close, want %q", lines, tt.wantPrefix)
+			}
+		})
+	}
+}
+
+// rawDialTLS connects to s with TLS from the first byte and reads the 220
+// greeting.
+func (s *testServer) rawDialTLS(t *testing.T) *rawConn {
+	t.Helper()
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	c, err := tls.DialWithDialer(d, "tcp", s.addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatalf("dial TLS: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	rc := &rawConn{t: t, c: c, r: bufio.NewReader(c)}
+	if got := rc.reply(); !strings.HasPrefix(got, "220 ") {
+		t.Fatalf("greeting %q", got)
+	}
+	return rc
 }
