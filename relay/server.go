@@ -150,6 +150,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		DelayNotice: time.Duration(cfg.DelayNotice),
 		Hostname:    cfg.Hostname,
 		Workers:     cfg.DeliveryWorkers,
+		Lease:       time.Duration(cfg.LeaseTime),
 		LocalPaused: s.disk.Critical,
 	}, s.spool, s.boxes, s.remote, log.With("component", "deliver"))
 	if err := s.listen(); err != nil {

@@ -64,8 +64,11 @@ type Config struct {
 
 	// DeliveryWorkers bounds the messages in delivery at once;
 	// DestinationConcurrency the connections to one destination.
-	DeliveryWorkers        int `toml:"delivery-workers"`
-	DestinationConcurrency int `toml:"destination-concurrency"`
+	DeliveryWorkers int `toml:"delivery-workers"`
+	// LeaseTime is how long a node holds claimed work before another
+	// node may take it over (several nodes on one PostgreSQL store).
+	LeaseTime              Duration `toml:"lease-time"`
+	DestinationConcurrency int      `toml:"destination-concurrency"`
 
 	RetryFirst    Duration `toml:"retry-first"`
 	RetryMax      Duration `toml:"retry-max"`
@@ -127,6 +130,7 @@ func Default() Config {
 		// Postfix 3.9: smtpd_forbid_bare_newline = normalize.
 		BareNewline:     "normalize",
 		DeliveryWorkers: 32,
+		LeaseTime:       Duration(2 * time.Minute),
 		// Postfix: default_destination_concurrency_limit = 20.
 		DestinationConcurrency: 20,
 		RetryFirst:             Duration(5 * time.Minute),
@@ -247,6 +251,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MemoryLimit < 0 {
 		errs = append(errs, errors.New("memory-limit: must be 0 (runtime default) or a size in bytes"))
+	}
+	if c.LeaseTime < Duration(time.Second) {
+		errs = append(errs, errors.New("lease-time: must be at least 1s"))
 	}
 	if c.DeliveryWorkers <= 0 || c.DestinationConcurrency <= 0 {
 		errs = append(errs, errors.New("delivery-workers, destination-concurrency: must be positive"))
@@ -443,6 +450,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.Var(sizeValue{&c.MemoryLimit}, "memory-limit", "soft limit of the Go heap, a `size` (0: runtime default)")
 	fs.StringVar(&c.BareNewline, "bare-newline", c.BareNewline, "a bare LF in message data: normalize (store it as CRLF) or reject")
 	fs.IntVar(&c.DeliveryWorkers, "delivery-workers", c.DeliveryWorkers, "messages in delivery at once")
+	fs.Var(&c.LeaseTime, "lease-time", "how long a node holds claimed work before another node may take it over, a `duration`")
 	fs.IntVar(&c.DestinationConcurrency, "destination-concurrency", c.DestinationConcurrency, "most connections to one destination")
 	fs.Var(&c.RetryFirst, "retry-first", "delay before the first retry, a `duration` such as 30s, 5m, 4h")
 	fs.Var(&c.RetryMax, "retry-max", "longest delay between retries, a `duration` such as 30s, 5m, 4h")

@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 
+	"github.com/relaymail/relay/internal/store"
 	"github.com/relaymail/relay/internal/throttle"
 	"github.com/relaymail/relay/mailbox"
 )
@@ -48,11 +49,19 @@ func imapError(err error) error {
 		code = imap.ResponseCodeAlreadyExists
 	case errors.Is(err, mailbox.ErrNotAllowed):
 		code = imap.ResponseCodeCannot
+	case store.Temporary(err):
+		// RFC 5530 UNAVAILABLE: the store is down, full or busy;
+		// the same command may work later.
+		return errUnavailable
 	default:
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeServerBug, Text: "internal error, try again later"}
 	}
 	return &imap.Error{Type: imap.StatusResponseTypeNo, Code: code, Text: safeText(err.Error())}
 }
+
+// errUnavailable answers a command the store cannot serve now.
+var errUnavailable = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable,
+	Text: "the mail store is not available now, try again later"}
 
 // safeText makes a reply text one line of printable characters: store
 // errors name mailboxes, and a name sent as a literal may hold CR, LF or
@@ -119,6 +128,12 @@ func (s *session) Login(username, password string) error {
 		}
 	}
 	user, err := s.srv.boxes.Authenticate(username, password)
+	if err != nil && !errors.Is(err, mailbox.ErrAuth) {
+		// The store could not be asked: not the client's fault, and
+		// no failure counted against it.
+		s.srv.cfg.Log.Error("imap login: account lookup failed", "client", s.ip, "user", username, "error", err)
+		return errUnavailable
+	}
 	if err != nil {
 		s.srv.cfg.Log.Warn("imap login failed", "client", s.ip, "user", username)
 		s.srv.cfg.Metrics.AuthFailure("imap")

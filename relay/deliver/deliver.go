@@ -56,6 +56,10 @@ type Config struct {
 	Lifetime, DelayNotice time.Duration
 	// Hostname names this relay in DSNs.
 	Hostname string
+	// Lease is how long a claim holds a message for this node; a
+	// delivery that runs longer renews it every Lease/3. A node that
+	// dies holds its messages this long at most (on a shared store).
+	Lease time.Duration
 	// LocalPaused reports whether local delivery must wait: it copies a
 	// body into a mailbox, which the disk may have no room for (below
 	// the store's reserve). Nil never pauses.
@@ -90,10 +94,9 @@ type Outcome struct {
 // again.
 const busyRetry = 2 * time.Second
 
-// leaseTime is how long a claim holds a message; a delivery that runs
-// longer renews it every leaseTime/3. A node that dies holds its messages
-// this long at most.
-const leaseTime = 2 * time.Minute
+// defaultLease is how long a claim holds a message unless Config.Lease
+// says otherwise.
+const defaultLease = 2 * time.Minute
 
 // pausedWait is how often the loop looks again while local delivery is
 // paused; idleWait how often it looks when nothing is due (other nodes'
@@ -141,6 +144,9 @@ func New(cfg Config, sp *spool.Spool, boxes *mailbox.Store, remote Remote, log *
 	if cfg.Hostname == "" {
 		cfg.Hostname = "localhost"
 	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = defaultLease
+	}
 	for i, d := range cfg.Domains {
 		cfg.Domains[i] = strings.ToLower(d)
 	}
@@ -175,7 +181,7 @@ func (l *Loop) Run(ctx context.Context) {
 		var leases []spool.Lease
 		if free > 0 {
 			var err error
-			leases, err = l.spool.Claim(free, leaseTime)
+			leases, err = l.spool.Claim(free, l.cfg.Lease)
 			if err != nil {
 				l.log.Error("claim due messages", "error", err)
 			}
@@ -450,13 +456,13 @@ func (l *Loop) deliverRemote(ctx context.Context, lease spool.Lease, m *spool.Me
 	return false
 }
 
-// renew extends lease every leaseTime/3 until the returned function is
+// renew extends lease every Config.Lease/3 until the returned function is
 // called.
 func (l *Loop) renew(ctx context.Context, lease spool.Lease) func() {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		t := time.NewTicker(leaseTime / 3)
+		t := time.NewTicker(l.cfg.Lease / 3)
 		defer t.Stop()
 		for {
 			select {
@@ -465,7 +471,7 @@ func (l *Loop) renew(ctx context.Context, lease spool.Lease) func() {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := l.spool.Renew(lease, leaseTime); err != nil {
+				if err := l.spool.Renew(lease, l.cfg.Lease); err != nil {
 					l.log.Warn("renew a claim", "id", lease.ID, "error", err)
 					return
 				}

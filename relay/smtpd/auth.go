@@ -16,6 +16,10 @@ import (
 // locked out after too many failures.
 var errAuthBlocked = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "temporary authentication failure: too many failed attempts, try again later"}
 
+// errAuthTemporary answers AUTH when the account store cannot be asked
+// (RFC 4954 §6: 454 4.7.0 temporary authentication failure).
+var errAuthTemporary = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "temporary authentication failure, try again later"}
+
 // AuthMechanisms implements smtp.AuthSession. AUTH is offered only where it
 // may be used: on a submission port with an account store, and on TLS or
 // from PlainAuthNets (RFC 4954 §4: no plain-text passwords over an untrusted
@@ -81,6 +85,12 @@ func (s *session) authenticate(user, pass string) error {
 		return errAuthBlocked
 	}
 	account, err := s.srv.cfg.Accounts.Authenticate(user, pass)
+	if err != nil && !errors.Is(err, mailbox.ErrAuth) {
+		// RFC 4954 §6: the store could not be asked; no failure is
+		// counted against the client.
+		s.srv.log.Error("auth: account lookup failed", "client", s.ip, "user", user, "error", err)
+		return errAuthTemporary
+	}
 	if err != nil {
 		s.srv.log.Warn("auth failed", "client", s.ip, "user", user, "failures", t.Failures(ipKey)+1)
 		s.srv.cfg.Metrics.AuthFailure("smtp")

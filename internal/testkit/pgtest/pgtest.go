@@ -29,6 +29,7 @@ type Cluster struct {
 	dir     string // data directory and socket directory's parent
 	sockDir string
 	asUser  string // "postgres" when started as root, else ""
+	pgctl   string
 }
 
 var (
@@ -155,12 +156,46 @@ func Start() (*Cluster, error) {
 	if out, err := c.run(initdb, "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale").CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
 	}
-	opts := fmt.Sprintf("-k %s -c listen_addresses='' -c fsync=on -c synchronous_commit=on -c max_connections=200 -c shared_buffers=64MB", c.sockDir)
-	if out, err := c.run(pgctl, "-D", data, "-o", opts, "-l", filepath.Join(dir, "log"), "-w", "-t", "60", "start").CombinedOutput(); err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "log"))
-		return nil, fmt.Errorf("pg_ctl start: %v\n%s\n%s", err, out, log)
+	c.pgctl = pgctl
+	if err := c.Up(); err != nil {
+		return nil, err
 	}
 	return c, nil
+}
+
+// Up starts the cluster's server (again).
+func (c *Cluster) Up() error {
+	opts := fmt.Sprintf("-k %s -c listen_addresses='' -c fsync=on -c synchronous_commit=on -c max_connections=200 -c shared_buffers=64MB", c.sockDir)
+	out, err := c.run(c.pgctl, "-D", filepath.Join(c.dir, "data"), "-o", opts, "-l", filepath.Join(c.dir, "log"), "-w", "-t", "60", "start").CombinedOutput()
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(c.dir, "log"))
+		return fmt.Errorf("pg_ctl start: %v\n%s\n%s", err, out, log)
+	}
+	return nil
+}
+
+// Down stops the cluster's server at once, keeping its data, as a crash or
+// an operator would: clients see their connections drop.
+func (c *Cluster) Down() error {
+	if out, err := c.run(c.pgctl, "-D", filepath.Join(c.dir, "data"), "-m", "immediate", "-w", "stop").CombinedOutput(); err != nil {
+		return fmt.Errorf("pg_ctl stop: %v\n%s", err, out)
+	}
+	return nil
+}
+
+// Own starts a cluster for one test alone (one it may stop and start),
+// removed when the test ends; it skips like URL.
+func Own(t testing.TB) *Cluster {
+	t.Helper()
+	c, err := Start()
+	if err != nil {
+		if os.Getenv("RELAY_POSTGRES") == "" && strings.Contains(err.Error(), "not found") {
+			t.Skipf("pgtest: %v (RELAY_POSTGRES=1 makes this a failure)", err)
+		}
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(c.Stop)
+	return c
 }
 
 func (c *Cluster) run(bin string, args ...string) *exec.Cmd {
