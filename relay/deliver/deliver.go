@@ -450,6 +450,7 @@ func (l *Loop) deliverRemote(ctx context.Context, lease spool.Lease, m *spool.Me
 		l.log.Warn("remote outcome not recorded: the claim was taken over", "id", id)
 		return true
 	case errors.Is(err, spool.ErrNotFound):
+		l.log.Warn("remote outcome not recorded: the message left the queue meanwhile (settled by another node, or deleted)", "id", id)
 		return true
 	}
 	l.log.Error("record remote outcome", "id", id, "error", err)
