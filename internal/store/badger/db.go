@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	bdg "github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
@@ -55,6 +56,29 @@ type DB struct {
 	syncer *groupSyncer
 	eachMu sync.Mutex
 	closed bool // guarded by eachMu
+
+	// commits counts the commits the engine reported (Committed);
+	// synced is the highest count a completed sync started after.
+	commits, synced atomic.Uint64
+}
+
+// Committed records that a transaction the caller must see durable has
+// committed, and returns its number. A Sync that starts afterwards covers it.
+func (db *DB) Committed() uint64 { return db.commits.Add(1) }
+
+// SyncStats reports how many commits were recorded and the highest number
+// a completed sync covers: a commit is durable once synced reaches it.
+func (db *DB) SyncStats() (committed, synced uint64) { return db.commits.Load(), db.synced.Load() }
+
+// covered records that a sync which started when commits stood at n has
+// completed.
+func (db *DB) covered(n uint64) {
+	for {
+		cur := db.synced.Load()
+		if n <= cur || db.synced.CompareAndSwap(cur, n) {
+			return
+		}
+	}
 }
 
 // ValueThreshold is the size from which Badger moves a value out of the LSM
@@ -139,7 +163,16 @@ func Open(dir string, o Options) (*DB, error) {
 	}
 	db := &DB{DB: bdb, mode: o.Sync}
 	if o.Sync == SyncGroup {
-		db.syncer = newGroupSyncer(bdb.Sync)
+		db.syncer = newGroupSyncer(func() error {
+			// Read before the sync starts: every commit counted by
+			// then is on disk once it returns.
+			n := db.commits.Load()
+			if err := bdb.Sync(); err != nil {
+				return err
+			}
+			db.covered(n)
+			return nil
+		})
 	}
 	// The files Badger just made (a memtable log, a value-log file) are
 	// sparse; a failure here is not fatal, the caller's next poll retries.
@@ -181,7 +214,12 @@ func (db *DB) Sync() error {
 		if db.closed {
 			return errClosed
 		}
-		return db.DB.Sync()
+		n := db.commits.Load()
+		if err := db.DB.Sync(); err != nil {
+			return err
+		}
+		db.covered(n)
+		return nil
 	default:
 		return db.syncer.sync()
 	}

@@ -37,10 +37,6 @@ type Store struct {
 	epoch    atomic.Uint64
 	low      time.Time    // guarded by claimMu
 	earliest atomic.Int64 // earliest due time (ns) written since the last scan
-
-	// commits counts enqueue commits, synced the highest of them a
-	// completed sync covers (SyncStats).
-	commits, synced atomic.Uint64
 }
 
 // New returns the engine on an open database. now is the clock (nil for

@@ -639,6 +639,7 @@ func (s *Store) Append(ctx context.Context, user, name string, body io.Reader, d
 	if err != nil {
 		return nil, 0, err
 	}
+	s.db.Committed()
 	if err := s.db.Sync(); err != nil {
 		return nil, 0, mapErr(err)
 	}

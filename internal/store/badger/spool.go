@@ -96,29 +96,18 @@ func (s *Store) Enqueue(ctx context.Context, m *spool.Message, body io.Reader, e
 	if err := txn.Commit(); err != nil {
 		return mapErr(fmt.Errorf("enqueue %s: commit: %w", m.ID, err))
 	}
-	commit := s.commits.Add(1)
+	s.db.Committed()
 	if err := s.db.Sync(); err != nil {
 		return mapErr(fmt.Errorf("enqueue %s: %w", m.ID, err))
 	}
-	s.noteSynced(commit)
 	s.committed(due, true)
 	return nil
 }
 
-// noteSynced records that the commits up to n are durable.
-func (s *Store) noteSynced(n uint64) {
-	for {
-		cur := s.synced.Load()
-		if n <= cur || s.synced.CompareAndSwap(cur, n) {
-			return
-		}
-	}
-}
-
-// SyncStats reports how many enqueue commits there were and how many of
+// SyncStats reports how many enqueue commits there were and the highest of
 // them a completed sync covers: an enqueue that returned is always among
 // the synced ones (the guard of the relay's first promise).
-func (s *Store) SyncStats() (committed, synced uint64) { return s.commits.Load(), s.synced.Load() }
+func (s *Store) SyncStats() (committed, synced uint64) { return s.db.SyncStats() }
 
 // committed runs after a commit: the due time written is noted for the next
 // scan, then the queue's and the log's waiters are woken.

@@ -72,6 +72,7 @@ func Run(t *testing.T, open Opener, o Options) {
 		{"ConcurrentDeliveries", testConcurrentDeliveries},
 		{"Notifications", testNotifications},
 		{"Settings", testSettings},
+		{"SyncBeforeAck", testSyncBeforeAck},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
 	}
@@ -978,6 +979,34 @@ func testSettings(t *testing.T, e Engine) {
 		}
 		if got, err := e.Setting(ctx, "domains"); err != nil || string(got) != v {
 			t.Errorf("setting = %q, %v; want %q", got, err, v)
+		}
+	}
+}
+
+// syncCounter is implemented by engines whose commits become durable at a
+// later sync (Badger): SyncStats says how many enqueue commits there were
+// and the highest of them a completed sync covers.
+type syncCounter interface {
+	SyncStats() (committed, synced uint64)
+}
+
+// testSyncBeforeAck guards the relay's first promise: an enqueue returns
+// (and the client hears 250) only once a sync that started after its commit
+// has completed. One writer at a time, so that the commit after the one
+// counted before the call is the enqueue's own. An engine whose every
+// commit is durable when it returns (PostgreSQL with synchronous commit)
+// has nothing to count; its own tests check that setting.
+func testSyncBeforeAck(t *testing.T, e Engine) {
+	sc, ok := e.(syncCounter)
+	if !ok {
+		t.Skip("every commit of this engine is durable when it returns")
+	}
+	for i := range 50 {
+		before, _ := sc.SyncStats()
+		m := message("bob@example.net")
+		enqueue(t, e, m, fmt.Sprintf("message %d\r\n", i))
+		if _, synced := sc.SyncStats(); synced < before+1 {
+			t.Fatalf("enqueue %d returned before a sync covered its commit (commit %d, synced up to %d)", i, before+1, synced)
 		}
 	}
 }
