@@ -2,7 +2,7 @@
 # bench/compare.sh: the relay against Postfix (SMTP) and Dovecot (IMAP) on
 # this machine, one after the other, on loopback ports of their own.
 #
-#   bench/compare.sh [PART...]     PART: smtp e2e forward deferred imap (default: all)
+#   bench/compare.sh [PART...]     PART: smtp e2e forward deferred imap postgres (default: all but postgres)
 #   QUICK=1 bench/compare.sh       every part with small counts, in a few minutes
 #
 # Sizes and knobs (environment): N (messages for smtp, e2e, forward;
@@ -18,6 +18,11 @@
 # directory), RESULTS (copy the results table and the JSON summaries to
 # this directory), RELAY_BIN (a relay binary to use instead of building
 # ./cmd/relay).
+#
+# The postgres part runs the relay on a PostgreSQL store (a throwaway cluster
+# in the work directory, fsync and synchronous commit on): accept, accept
+# plus delivery and 100,000 deferred against Postfix, and three relay nodes
+# sharing the one database on this machine.
 #
 # Needs root: it installs postfix and dovecot-imapd from Debian when they
 # are missing, creates the system user relaybench (the owner of the test
@@ -68,8 +73,8 @@ DV_IMAP=127.0.0.1:$((PORT_BASE + 144))
 SINK_PORT=$((PORT_BASE + 27)) # smtp-sink, the forwarding destination (sink.test)
 DOWN_PORT=$((PORT_BASE + 28)) # closed at first, for deferred mail (down.test)
 
-ALL_PARTS="smtp e2e forward deferred imap"
-PARTS=${*:-$ALL_PARTS}
+ALL_PARTS="smtp e2e forward deferred imap postgres"
+PARTS=${*:-smtp e2e forward deferred imap}
 
 # ---- output ---------------------------------------------------------------
 
@@ -373,7 +378,7 @@ relay_users() {
 	local i k
 	k=$(max_users)
 	for ((i = 0; i < k; i++)); do
-		echo "$PASS" | "$RELAY" user add "user$i@localhost" --password-stdin --data "$1" >/dev/null
+		echo "$PASS" | "$RELAY" user add "user$i@localhost" --password-stdin --data "$1" "${STORE_FLAGS[@]}" >/dev/null
 	done
 }
 
@@ -386,7 +391,7 @@ start_relay() {
 	RELAY_STARTS=$((${RELAY_STARTS:-0} + 1))
 	RELAY_LOG=$W/relay-$(basename "$dir")-$RELAY_STARTS.log
 	t0=$(now)
-	"$RELAY" serve --data "$dir" --smtp "$RELAY_SMTP" --submission "$RELAY_SUBMISSION" --imap "$RELAY_IMAP" \
+	"$RELAY" serve --data "$dir" "${STORE_FLAGS[@]}" --smtp "${NODE_SMTP:-$RELAY_SMTP}" --submission "${NODE_SUBMISSION:-$RELAY_SUBMISSION}" --imap "${NODE_IMAP:-$RELAY_IMAP}" \
 		"${HTTP_FLAG[@]}" --domain localhost \
 		--transport "sink.test=127.0.0.1:$SINK_PORT" --transport "down.test=127.0.0.1:$DOWN_PORT" \
 		--log-level "${RELAY_LOG_LEVEL:-info}" "$@" >"$RELAY_LOG" 2>&1 &
@@ -407,15 +412,15 @@ stop_relay() {
 	RELAY_PID=
 }
 
-relay_queue_empty() { "$RELAY" queue list --data "$RELAY_DIR" 2>/dev/null | grep -q 'queue is empty'; }
+relay_queue_empty() { "$RELAY" queue list --data "$RELAY_DIR" "${STORE_FLAGS[@]}" 2>/dev/null | grep -q 'queue is empty'; }
 
 # relay_unattempted: recipients in the relay's queue not tried yet.
-relay_unattempted() { "$RELAY" queue list --data "$RELAY_DIR" | grep -c ' 0 tries' || true; }
+relay_unattempted() { "$RELAY" queue list --data "$RELAY_DIR" "${STORE_FLAGS[@]}" | grep -c ' 0 tries' || true; }
 
-relay_queued() { "$RELAY" queue list --data "$RELAY_DIR" | sed -n 's/^-- \([0-9]*\) message.*/\1/p'; }
+relay_queued() { "$RELAY" queue list --data "$RELAY_DIR" "${STORE_FLAGS[@]}" | sed -n 's/^-- \([0-9]*\) message.*/\1/p'; }
 
 # relay_inbox_total: messages in all INBOXes, from relay user list.
-relay_inbox_total() { "$RELAY" user list --data "$RELAY_DIR" | awk 'NR > 1 { s += $2 } END { print s + 0 }'; }
+relay_inbox_total() { "$RELAY" user list --data "$RELAY_DIR" "${STORE_FLAGS[@]}" | awk 'NR > 1 { s += $2 } END { print s + 0 }'; }
 
 # ---- smtp-sink ------------------------------------------------------------
 
@@ -675,6 +680,8 @@ cleanup() {
 	local rc=$?
 	stop_sink
 	stop_relay
+	stop_nodes
+	stop_pg
 	stop_postfix nowait
 	stop_dovecot
 	if [[ -s ${W:-}/results.tsv ]]; then
@@ -690,6 +697,110 @@ cleanup() {
 		rm -rf "$W"
 	fi
 	exit "$rc"
+}
+
+# ---- PostgreSQL -------------------------------------------------------------
+
+STORE_FLAGS=()
+
+# start_pg: a throwaway cluster in $W/pg, as the postgres user, on a unix
+# socket, with fsync and synchronous commit on (as a site would run it).
+start_pg() {
+	local bin
+	bin=$(dirname "$(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb | tail -1)")
+	[[ -x $bin/initdb ]] || die "PostgreSQL's initdb is missing (apt-get install postgresql)"
+	PG=$W/pg
+	mkdir -p "$PG/sock" && chown -R postgres "$PG"
+	runuser -u postgres -- "$bin/initdb" -D "$PG/data" -A trust -U postgres -E UTF8 --no-locale >/dev/null
+	runuser -u postgres -- "$bin/pg_ctl" -D "$PG/data" -l "$PG/log" -w -t 60 \
+		-o "-k $PG/sock -c listen_addresses='' -c fsync=on -c synchronous_commit=on -c max_connections=200 -c shared_buffers=128MB" start >/dev/null
+	PG_CTL=$bin/pg_ctl
+	runuser -u postgres -- psql -h "$PG/sock" -U postgres -qc 'CREATE DATABASE relay' postgres
+	PG_URL="postgres:///relay?host=$PG/sock&user=postgres"
+}
+
+stop_pg() {
+	[[ -n ${PG_CTL:-} ]] || return 0
+	runuser -u postgres -- "$PG_CTL" -D "$PG/data" -m fast -w stop >/dev/null 2>&1 || true
+	PG_CTL=
+}
+
+# pg_size: the database's size on disk, MiB.
+pg_size() {
+	runuser -u postgres -- psql -h "$PG/sock" -U postgres -Atc "SELECT pg_database_size('relay')" postgres | awk '{ printf "%.1f", $1 / 1048576 }'
+}
+
+NODE_PIDS=()
+stop_nodes() {
+	local p
+	for p in "${NODE_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	for p in "${NODE_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	NODE_PIDS=()
+}
+
+# f. The relay on PostgreSQL: one node against Postfix, then three nodes
+# sharing the database on this one machine (which cannot scale here: they
+# share its two cores).
+part_postgres() {
+	log "f. PostgreSQL store: $N messages, $C sessions; $DEFERRED deferred; three nodes"
+	drain
+	stop_relay
+	start_pg
+	STORE_FLAGS=(--store "$PG_URL")
+	local rd=$W/relay-pg t0 rrss n i total pids
+	relay_users "$rd"
+	start_relay "$rd"
+	drain
+	bench pg-smtp-relay smtp -addr "$RELAY_SMTP" -n "$N" "${SMTP_FLAGS[@]}" -pipelining=false
+	drain
+	bench pg-smtp-postfix smtp -addr "$PF_SMTP" -n "$N" "${SMTP_FLAGS[@]}" -pipelining=false
+	result "postgres: smtp accept msgs/s (relay-bench)" \
+		"$(json "$W/json/pg-smtp-relay.json" '["msgs_per_sec"]')" \
+		"$(json "$W/json/pg-smtp-postfix.json" '["msgs_per_sec"]')" msgs/s higher
+	drain
+	bench pg-e2e-relay smtp -addr "$RELAY_SMTP" -n "$N" "${SMTP_FLAGS[@]}" -wait-imap "$RELAY_IMAP" -imap-pass "$PASS" \
+		-wait-timeout "${WAIT_TIMEOUT}s"
+	drain
+	bench pg-e2e-postfix smtp -addr "$PF_SMTP" -n "$N" "${SMTP_FLAGS[@]}" -wait-maildir "$MAIL" -wait-timeout "${WAIT_TIMEOUT}s"
+	result "postgres: accept+deliver msgs/s (relay-bench)" \
+		"$(json "$W/json/pg-e2e-relay.json" '["end_to_end"]["msgs_per_sec"]')" \
+		"$(json "$W/json/pg-e2e-postfix.json" '["end_to_end"]["msgs_per_sec"]')" msgs/s higher
+
+	# Deferred: memory of one node with DEFERRED messages waiting.
+	stop_relay
+	start_relay "$rd" --retry-first 1h --retry-max 1h
+	bench pg-deferred-relay smtp -addr "$RELAY_SUBMISSION" -auth "user0@localhost:$PASS" -domain down.test -n "$DEFERRED" "${SMTP_FLAGS[@]}"
+	wait_for "the relay to try every message" "$WAIT_TIMEOUT" relay_all_tried
+	sleep "$SETTLE"
+	rrss=$(rss_of "$RELAY_PID")
+	note "relay on PostgreSQL: $(relay_queued) queued, RSS $(mib "$rrss") MiB, peak $(mib "$(rss_of "$RELAY_PID" VmHWM)") MiB, database $(pg_size) MiB"
+	result "postgres: deferred memory MiB, $DEFERRED queued (relay RSS, server not counted)" "$(mib "$rrss")" "" MiB lower
+	stop_relay
+	"$RELAY" queue list --data "$rd" "${STORE_FLAGS[@]}" --json >/dev/null 2>&1 || true
+
+	# Three nodes on the one database: relay-bench against each, at once.
+	runuser -u postgres -- psql -h "$PG/sock" -U postgres -qc 'DROP DATABASE relay WITH (FORCE)' -c 'CREATE DATABASE relay' postgres
+	relay_users "$W/relay-n0"
+	for i in 0 1 2; do
+		NODE_SMTP=127.0.0.1:$((PORT_BASE + 40 + i)) NODE_SUBMISSION=127.0.0.1:$((PORT_BASE + 50 + i)) \
+			NODE_IMAP=127.0.0.1:$((PORT_BASE + 60 + i)) start_relay "$W/relay-n$i"
+		NODE_PIDS+=("$RELAY_PID")
+		RELAY_PID=
+	done
+	n=$((N / 3))
+	t0=$(now)
+	pids=()
+	for i in 0 1 2; do
+		"$BENCH" smtp -addr "127.0.0.1:$((PORT_BASE + 40 + i))" -n "$n" "${SMTP_FLAGS[@]}" -json >"$W/json/pg-nodes-$i.json" 2>"$W/json/pg-nodes-$i.err" &
+		pids+=($!)
+	done
+	for i in "${pids[@]}"; do wait "$i" || die "relay-bench against a node failed"; done
+	total=$(since "$t0")
+	result "postgres: three nodes, smtp accept msgs/s (all nodes together)" "$(per_sec $((3 * n)) "$total")" "" msgs/s higher
+	stop_nodes
+	STORE_FLAGS=()
+	stop_pg
+	start_relay "$W/relay-main"
 }
 
 main() {
