@@ -379,22 +379,28 @@ func insertBlob(ctx context.Context, tx pgx.Tx, body io.Reader, refs int) (strin
 	return id, size, nil
 }
 
-// appendTx adds a message holding blob to a mailbox locked by the caller.
-func appendTx(ctx context.Context, tx pgx.Tx, mb *mailbox.Mailbox, blob string, size int64, date time.Time, flags []string) (uint32, error) {
+// appendSQL adds a message at its mailbox's UIDNEXT in one statement: the
+// mailbox row's update (which locks it) hands the UID and MODSEQ to the
+// insert.
+const appendSQL = `WITH mb AS (
+		UPDATE mailboxes SET uidnext = uidnext + 1, messages = messages + 1, size = size + $3,
+			unseen = unseen + $6, highest_modseq = highest_modseq + 1
+		WHERE id = $1 RETURNING uidnext - 1 AS uid, highest_modseq)
+	INSERT INTO messages (mailbox, uid, blob, size, date, flags, modseq)
+	SELECT $1, mb.uid, $2, $3, $4, $5, mb.highest_modseq FROM mb RETURNING uid`
+
+func appendArgs(mb *mailbox.Mailbox, blob string, size int64, date time.Time, flags []string) []any {
 	unseen := 0
 	if !mailbox.HasFlag(flags, mailbox.FlagSeen) {
 		unseen = 1
 	}
+	return []any{int64(mb.ID), blob, size, date.UTC().Truncate(time.Second), nonNil(flags), unseen}
+}
+
+// appendTx adds a message holding blob to mailbox mb inside tx.
+func appendTx(ctx context.Context, tx pgx.Tx, mb *mailbox.Mailbox, blob string, size int64, date time.Time, flags []string) (uint32, error) {
 	var uid int64
-	err := tx.QueryRow(ctx, `UPDATE mailboxes SET uidnext = uidnext + 1, messages = messages + 1, size = size + $2,
-			unseen = unseen + $3, highest_modseq = highest_modseq + 1
-		WHERE id = $1 RETURNING uidnext - 1`, mb.ID, size, unseen).Scan(&uid)
-	if err != nil {
-		return 0, err
-	}
-	_, err = tx.Exec(ctx, `INSERT INTO messages (mailbox, uid, blob, size, date, flags, modseq)
-		SELECT $1, $2, $3, $4, $5, $6, highest_modseq FROM mailboxes WHERE id = $1`,
-		mb.ID, uid, blob, size, date.UTC().Truncate(time.Second), nonNil(flags))
+	err := tx.QueryRow(ctx, appendSQL, appendArgs(mb, blob, size, date, flags)...).Scan(&uid)
 	return uint32(uid), err
 }
 
@@ -440,43 +446,51 @@ type fileResult struct {
 	ev   mailbox.Event
 }
 
-// fileTx files queued message m into the INBOX of each account of f, inside
-// tx: one blob, copied from the queued body on the server, and one message
-// per account.
-func (s *Store) fileTx(ctx context.Context, tx pgx.Tx, m *spool.Message, f *spool.Filing) ([]fileResult, error) {
-	var boxes []*mailbox.Mailbox
-	for _, acc := range f.Accounts {
-		mb, err := getMailbox(ctx, tx, acc, "INBOX", "FOR UPDATE OF m")
-		if errors.Is(err, mailbox.ErrNoMailbox) {
-			return nil, &spool.NoAccountError{Account: acc}
-		}
-		if err != nil {
-			return nil, err
-		}
-		boxes = append(boxes, mb)
-	}
-	if len(boxes) == 0 {
+// fileTx files queued message m into the INBOX of each account of f: it
+// locks the INBOXes inside tx now and adds to b the statements that store
+// one blob, copied from the queued body on the server, and one message per
+// account.
+func (s *Store) fileTx(ctx context.Context, tx pgx.Tx, b *pgx.Batch, m *spool.Message, f *spool.Filing) ([]fileResult, error) {
+	if len(f.Accounts) == 0 {
 		return nil, nil
 	}
+	rows, err := tx.Query(ctx, "SELECT "+mailboxCols+` FROM mailboxes m WHERE m.account = ANY($1) AND m.name = 'INBOX'
+		ORDER BY m.id FOR UPDATE OF m`, f.Accounts)
+	if err != nil {
+		return nil, err
+	}
+	byUser := map[string]*mailbox.Mailbox{}
+	for rows.Next() {
+		mb, err := scanMailbox(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		byUser[mb.User] = mb
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for _, acc := range f.Accounts {
+		if byUser[acc] == nil {
+			return nil, &spool.NoAccountError{Account: acc}
+		}
+	}
 	var first []byte
-	err := tx.QueryRow(ctx, "SELECT data FROM bodies WHERE queue_id = $1 AND chunk = 0", m.ID).Scan(&first)
+	err = tx.QueryRow(ctx, "SELECT data FROM bodies WHERE queue_id = $1 AND chunk = 0", m.ID).Scan(&first)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return nil, err
 	}
 	hc := mailbox.NewHeadCapture(strings.NewReader(string(first)))
 	io.Copy(io.Discard, hc)
 	id := ulid.Make().String()
-	if _, err := tx.Exec(ctx, "INSERT INTO blobs (id, size, head, refs) VALUES ($1, $2, $3, $4)", id, m.Size, hc.Head(m.Size), len(boxes)); err != nil {
-		return nil, err
-	}
-	if _, err := tx.Exec(ctx, "INSERT INTO blob_chunks (blob, chunk, data) SELECT $1, chunk, data FROM bodies WHERE queue_id = $2", id, m.ID); err != nil {
-		return nil, err
-	}
+	b.Queue("INSERT INTO blobs (id, size, head, refs) VALUES ($1, $2, $3, $4)", id, m.Size, hc.Head(m.Size), len(f.Accounts))
+	b.Queue("INSERT INTO blob_chunks (blob, chunk, data) SELECT $1, chunk, data FROM bodies WHERE queue_id = $2", id, m.ID)
 	var out []fileResult
-	for _, mb := range boxes {
-		if _, err := appendTx(ctx, tx, mb, id, m.Size, f.Date, nil); err != nil {
-			return nil, err
-		}
+	for _, acc := range f.Accounts {
+		mb := byUser[acc]
+		b.Queue(appendSQL, appendArgs(mb, id, m.Size, f.Date, nil)...)
 		out = append(out, fileResult{user: mb.User, ev: mailbox.Event{}})
 	}
 	return out, nil

@@ -31,17 +31,23 @@ func (s *Store) Enqueue(ctx context.Context, m *spool.Message, body io.Reader, e
 	if ev.Event == spool.EventAccepted {
 		ev.Size = size
 	}
-	return s.tx(ctx, func(tx pgx.Tx) error {
-		if err := insertMessage(ctx, tx, m, chunks); err != nil {
+	// One round trip: the statements of a batch run as one implicit
+	// transaction, committed (synchronously) after the last.
+	b := &pgx.Batch{}
+	if err := queueMessage(b, m, chunks); err != nil {
+		return err
+	}
+	if ev.Event != "" {
+		if err := queueEvents(b, ev); err != nil {
 			return err
 		}
-		if ev.Event != "" {
-			if err := appendEvents(ctx, tx, ev); err != nil {
-				return err
-			}
+	}
+	b.Queue("SELECT pg_notify($1, ''), pg_notify($2, '')", chanQueue, chanEvents)
+	return store.Retry(ctx, func() error {
+		if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+			return mapErr(fmt.Errorf("enqueue %s: %w", m.ID, err))
 		}
-		_, err := tx.Exec(ctx, "SELECT pg_notify($1, ''), pg_notify($2, '')", chanQueue, chanEvents)
-		return err
+		return nil
 	})
 }
 
@@ -67,42 +73,30 @@ func readChunks(r io.Reader) ([][]byte, int64, error) {
 	}
 }
 
-func insertMessage(ctx context.Context, tx pgx.Tx, m *spool.Message, chunks [][]byte) error {
+// queueMessage adds the statements that store m, its recipients and its
+// body to b.
+func queueMessage(b *pgx.Batch, m *spool.Message, chunks [][]byte) error {
 	params, err := json.Marshal(m.Params)
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO queue (id, arrived, client_ip, helo, sender, params, size, hold, due)
+	b.Queue(`INSERT INTO queue (id, arrived, client_ip, helo, sender, params, size, hold, due)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
 		m.ID, m.Arrived, m.ClientIP, m.Helo, m.From, params, m.Size, m.Hold, nullTime(m.NextDue()))
-	if err != nil {
-		return fmt.Errorf("enqueue %s: %w", m.ID, err)
-	}
 	for i := range m.Rcpts {
-		if err := insertRecipient(ctx, tx, m.ID, i, &m.Rcpts[i]); err != nil {
+		r := &m.Rcpts[i]
+		reply, err := json.Marshal(r.Reply)
+		if err != nil {
 			return err
 		}
+		b.Queue(`INSERT INTO recipients (queue_id, idx, address, notify, orcpt, state, attempts,
+				next_attempt, last_reply, remote_mta, delay_notified)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+			m.ID, i, r.Address, nonNil(r.Notify), r.ORcpt, string(r.State), r.Attempts, nullTime(r.NextAttempt),
+			reply, r.RemoteMTA, r.DelayNotified)
 	}
 	for i, c := range chunks {
-		if _, err := tx.Exec(ctx, "INSERT INTO bodies (queue_id, chunk, data) VALUES ($1, $2, $3)", m.ID, i, c); err != nil {
-			return fmt.Errorf("enqueue %s: body: %w", m.ID, err)
-		}
-	}
-	return nil
-}
-
-func insertRecipient(ctx context.Context, tx pgx.Tx, id string, i int, r *spool.Recipient) error {
-	reply, err := json.Marshal(r.Reply)
-	if err != nil {
-		return err
-	}
-	_, err = tx.Exec(ctx, `INSERT INTO recipients (queue_id, idx, address, notify, orcpt, state, attempts,
-			next_attempt, last_reply, remote_mta, delay_notified)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
-		id, i, r.Address, nonNil(r.Notify), r.ORcpt, string(r.State), r.Attempts, nullTime(r.NextAttempt),
-		reply, r.RemoteMTA, r.DelayNotified)
-	if err != nil {
-		return fmt.Errorf("enqueue %s: recipient %d: %w", id, i, err)
+		b.Queue("INSERT INTO bodies (queue_id, chunk, data) VALUES ($1, $2, $3)", m.ID, i, c)
 	}
 	return nil
 }
@@ -158,11 +152,22 @@ func loadMessages(ctx context.Context, q queryer, query string, args ...any) ([]
 	if len(ids) == 0 {
 		return ms, nil
 	}
-	rows, err = q.Query(ctx, `SELECT queue_id, address, notify, orcpt, state, attempts, next_attempt, last_reply,
+	if err := loadRecipients(ctx, q, ids, byID); err != nil {
+		return nil, err
+	}
+	for _, m := range ms {
+		m.Arrived = m.Arrived.In(time.Local)
+	}
+	return ms, nil
+}
+
+// loadRecipients reads the recipients of the messages ids into byID.
+func loadRecipients(ctx context.Context, q queryer, ids []string, byID map[string]*spool.Message) error {
+	rows, err := q.Query(ctx, `SELECT queue_id, address, notify, orcpt, state, attempts, next_attempt, last_reply,
 			remote_mta, delay_notified
 		FROM recipients WHERE queue_id = ANY($1) ORDER BY queue_id, idx`, ids)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer rows.Close()
 	for rows.Next() {
@@ -172,7 +177,7 @@ func loadMessages(ctx context.Context, q queryer, query string, args ...any) ([]
 		var reply []byte
 		if err := rows.Scan(&id, &r.Address, &r.Notify, &r.ORcpt, &state, &r.Attempts, &next, &reply,
 			&r.RemoteMTA, &r.DelayNotified); err != nil {
-			return nil, err
+			return err
 		}
 		r.State = spool.State(state)
 		if next != nil {
@@ -183,16 +188,13 @@ func loadMessages(ctx context.Context, q queryer, query string, args ...any) ([]
 		}
 		if len(reply) > 0 {
 			if err := json.Unmarshal(reply, &r.Reply); err != nil {
-				return nil, fmt.Errorf("decode %s: %w", id, err)
+				return fmt.Errorf("decode %s: %w", id, err)
 			}
 		}
 		m := byID[id]
 		m.Rcpts = append(m.Rcpts, r)
 	}
-	for _, m := range ms {
-		m.Arrived = m.Arrived.In(time.Local)
-	}
-	return ms, rows.Err()
+	return rows.Err()
 }
 
 // Get implements spool.Backend.
@@ -294,25 +296,27 @@ func (r *chunkReader) Close() error { return nil }
 func (s *Store) Claim(ctx context.Context, now time.Time, limit int, d time.Duration) ([]spool.Lease, error) {
 	until := now.Add(d)
 	var leases []spool.Lease
-	err := s.tx(ctx, func(tx pgx.Tx) error {
+	// One statement, committed on its own: the rows are locked, skipped by
+	// every concurrent claimer, and leased in one round trip.
+	err := store.Retry(ctx, func() error {
 		leases = leases[:0]
-		rows, err := tx.Query(ctx, `UPDATE queue SET lease_node = $1, lease_epoch = lease_epoch + 1, lease_until = $2, due = $2
+		rows, err := s.pool.Query(ctx, `UPDATE queue SET lease_node = $1, lease_epoch = lease_epoch + 1, lease_until = $2, due = $2
 			WHERE id IN (SELECT id FROM queue WHERE due <= $3 ORDER BY due LIMIT $4 FOR UPDATE SKIP LOCKED)
 			RETURNING id, lease_epoch`, s.node, until, now, limit)
 		if err != nil {
-			return err
+			return mapErr(err)
 		}
 		defer rows.Close()
 		for rows.Next() {
 			l := spool.Lease{Node: s.node, Until: until}
 			var epoch int64
 			if err := rows.Scan(&l.ID, &epoch); err != nil {
-				return err
+				return mapErr(err)
 			}
 			l.Epoch = uint64(epoch)
 			leases = append(leases, l)
 		}
-		return rows.Err()
+		return mapErr(rows.Err())
 	})
 	return leases, err
 }
@@ -342,31 +346,22 @@ func (s *Store) Update(ctx context.Context, id string, lease *spool.Lease, fn fu
 	var files []fileResult
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		files = files[:0]
-		var node *string
-		var epoch int64
-		var until *time.Time
-		err := tx.QueryRow(ctx, "SELECT lease_node, lease_epoch, lease_until FROM queue WHERE id = $1 FOR UPDATE", id).Scan(&node, &epoch, &until)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("%s: %w", id, spool.ErrNotFound)
-		}
+		m, node, epoch, until, err := lockMessage(ctx, tx, id)
 		if err != nil {
 			return err
 		}
 		if lease != nil && (uint64(epoch) != lease.Epoch || node == nil || *node != lease.Node) {
 			return fmt.Errorf("update %s: %w", id, store.ErrLeaseLost)
 		}
-		ms, err := loadMessages(ctx, tx, "SELECT "+messageCols+" FROM queue WHERE id = $1", id)
-		if err != nil {
-			return err
-		}
-		m := ms[0]
 		before := recipientRows(m)
 		eff, err := fn(m)
 		if err != nil {
 			return err
 		}
+		// The reads are done; every write goes in one round trip.
+		b := &pgx.Batch{}
 		if eff.File != nil {
-			f, err := s.fileTx(ctx, tx, m, eff.File)
+			f, err := s.fileTx(ctx, tx, b, m, eff.File)
 			if err != nil {
 				return err
 			}
@@ -374,17 +369,15 @@ func (s *Store) Update(ctx context.Context, id string, lease *spool.Lease, fn fu
 		}
 		for _, n := range eff.Notices {
 			n.Message.Size = int64(len(n.Body))
-			if err := insertMessage(ctx, tx, n.Message, splitChunks(n.Body)); err != nil {
+			if err := queueMessage(b, n.Message, splitChunks(n.Body)); err != nil {
 				return err
 			}
 		}
-		if err := appendEvents(ctx, tx, eff.Events...); err != nil {
+		if err := queueEvents(b, eff.Events...); err != nil {
 			return err
 		}
 		if m.Done() {
-			if _, err := tx.Exec(ctx, "DELETE FROM queue WHERE id = $1", id); err != nil {
-				return err
-			}
+			b.Queue("DELETE FROM queue WHERE id = $1", id)
 		} else {
 			// An update without the lease (an operator's) keeps a
 			// running lease's due time, so no other node takes the
@@ -393,12 +386,10 @@ func (s *Store) Update(ctx context.Context, id string, lease *spool.Lease, fn fu
 			if (lease == nil || eff.KeepLease) && node != nil && until != nil {
 				keep = until
 			}
-			if err := writeMessage(ctx, tx, m, before, lease != nil && !eff.KeepLease, keep); err != nil {
-				return err
-			}
+			queueWrite(b, m, before, lease != nil && !eff.KeepLease, keep)
 		}
-		_, err = tx.Exec(ctx, "SELECT pg_notify($1, ''), pg_notify($2, '')", chanQueue, chanEvents)
-		return err
+		b.Queue("SELECT pg_notify($1, ''), pg_notify($2, '')", chanQueue, chanEvents)
+		return tx.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
 		return err
@@ -407,6 +398,26 @@ func (s *Store) Update(ctx context.Context, id string, lease *spool.Lease, fn fu
 		s.Publish(f.user, f.ev)
 	}
 	return nil
+}
+
+// lockMessage reads message id with its lease, locking its row.
+func lockMessage(ctx context.Context, tx pgx.Tx, id string) (m *spool.Message, node *string, epoch int64, until *time.Time, err error) {
+	m = new(spool.Message)
+	var params []byte
+	err = tx.QueryRow(ctx, "SELECT lease_node, lease_epoch, lease_until, "+messageCols+" FROM queue WHERE id = $1 FOR UPDATE", id).
+		Scan(&node, &epoch, &until, &m.ID, &m.Arrived, &m.ClientIP, &m.Helo, &m.From, &params, &m.Size, &m.Hold)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil, 0, nil, fmt.Errorf("%s: %w", id, spool.ErrNotFound)
+	}
+	if err != nil {
+		return nil, nil, 0, nil, err
+	}
+	if err := json.Unmarshal(params, &m.Params); err != nil {
+		return nil, nil, 0, nil, fmt.Errorf("decode %s: %w", id, err)
+	}
+	m.Arrived = m.Arrived.In(time.Local)
+	err = loadRecipients(ctx, tx, []string{id}, map[string]*spool.Message{id: m})
+	return m, node, epoch, until, err
 }
 
 func splitChunks(b []byte) [][]byte {
@@ -438,10 +449,10 @@ func recipientRows(m *spool.Message) []recipientRow {
 	return rows
 }
 
-// writeMessage stores the changed parts of m: the hold flag, the due time
+// queueWrite adds to b the statements that store the changed parts of m: the hold flag, the due time
 // (which also ends a lease: it is released with the write that carries it)
 // and each recipient that changed.
-func writeMessage(ctx context.Context, tx pgx.Tx, m *spool.Message, before []recipientRow, release bool, leased *time.Time) error {
+func queueWrite(b *pgx.Batch, m *spool.Message, before []recipientRow, release bool, leased *time.Time) {
 	due := nullTime(m.NextDue())
 	if due != nil && leased != nil {
 		due = leased
@@ -450,23 +461,17 @@ func writeMessage(ctx context.Context, tx pgx.Tx, m *spool.Message, before []rec
 	if release {
 		q = "UPDATE queue SET hold = $2, due = $3, lease_node = NULL, lease_until = NULL WHERE id = $1"
 	}
-	if _, err := tx.Exec(ctx, q, m.ID, m.Hold, due); err != nil {
-		return err
-	}
+	b.Queue(q, m.ID, m.Hold, due)
 	after := recipientRows(m)
 	for i, r := range m.Rcpts {
 		if i < len(before) && before[i] == after[i] {
 			continue
 		}
-		_, err := tx.Exec(ctx, `UPDATE recipients SET state = $3, attempts = $4, next_attempt = $5, last_reply = $6,
+		b.Queue(`UPDATE recipients SET state = $3, attempts = $4, next_attempt = $5, last_reply = $6,
 				remote_mta = $7, delay_notified = $8
 			WHERE queue_id = $1 AND idx = $2`,
 			m.ID, i, string(r.State), r.Attempts, nullTime(r.NextAttempt), after[i].reply, r.RemoteMTA, r.DelayNotified)
-		if err != nil {
-			return err
-		}
 	}
-	return nil
 }
 
 // Delete implements spool.Backend.
@@ -498,17 +503,25 @@ func (s *Store) Record(ctx context.Context, evs ...spool.Event) error {
 	})
 }
 
-func appendEvents(ctx context.Context, tx pgx.Tx, evs ...spool.Event) error {
+// queueEvents adds the statements that log evs to b.
+func queueEvents(b *pgx.Batch, evs ...spool.Event) error {
 	for _, ev := range evs {
-		b, err := json.Marshal(ev)
+		data, err := json.Marshal(ev)
 		if err != nil {
 			return fmt.Errorf("encode event: %w", err)
 		}
-		if _, err := tx.Exec(ctx, "INSERT INTO events (time, queue_id, data) VALUES ($1, $2, $3)", ev.Time, ev.ID, b); err != nil {
-			return fmt.Errorf("log event: %w", err)
-		}
+		b.Queue("INSERT INTO events (time, queue_id, data) VALUES ($1, $2, $3)", ev.Time, ev.ID, data)
 	}
 	return nil
+}
+
+// appendEvents logs evs inside tx.
+func appendEvents(ctx context.Context, tx pgx.Tx, evs ...spool.Event) error {
+	b := &pgx.Batch{}
+	if err := queueEvents(b, evs...); err != nil {
+		return err
+	}
+	return tx.SendBatch(ctx, b).Close()
 }
 
 func scanEvents(rows pgx.Rows) ([]spool.Event, error) {
