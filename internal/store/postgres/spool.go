@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -51,26 +52,17 @@ func (s *Store) Enqueue(ctx context.Context, m *spool.Message, body io.Reader, e
 	})
 }
 
-// readChunks reads a whole body in bodyChunk pieces. The body is held in
-// memory until the commit, as in any single-statement insert; its size is
-// bounded by max-message-size.
+// readChunks reads a whole body and cuts it into bodyChunk pieces. The
+// body is held in memory until the commit, as in any single-statement
+// insert; its size is bounded by max-message-size. It is read into one
+// buffer that grows as needed (a 4 KiB message takes a few KiB, not a
+// chunk's 1 MiB), and the pieces share it.
 func readChunks(r io.Reader) ([][]byte, int64, error) {
-	var chunks [][]byte
-	var size int64
-	for {
-		buf := make([]byte, bodyChunk)
-		n, err := io.ReadFull(r, buf)
-		if n > 0 {
-			chunks = append(chunks, buf[:n])
-			size += int64(n)
-		}
-		switch {
-		case err == io.EOF || err == io.ErrUnexpectedEOF && n < bodyChunk:
-			return chunks, size, nil
-		case err != nil:
-			return nil, 0, err
-		}
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(r); err != nil {
+		return nil, 0, err
 	}
+	return splitChunks(buf.Bytes()), int64(buf.Len()), nil
 }
 
 // queueMessage adds the statements that store m, its recipients and its
