@@ -18,10 +18,9 @@
 //     after its lease was taken over cannot overwrite newer state.
 //   - UIDNEXT is advanced in the transaction of the insert that uses it, under
 //     the mailbox row's lock, so UIDs are exact and never reused across nodes.
-//   - Change notifications go through LISTEN/NOTIFY: the queue's and the event
-//     log's are sent inside the committing transaction (delivered at commit),
-//     the mailboxes' right after it; every node listens and wakes its delivery
-//     loop, its `queue tail -f` followers and its IMAP sessions.
+//   - Change notifications go through LISTEN/NOTIFY, right after the commit,
+//     coalesced (notify.go); every node listens and wakes its delivery loop,
+//     its `queue tail -f` followers and its IMAP sessions.
 package postgres
 
 import (
@@ -57,6 +56,11 @@ type Store struct {
 	queueCh  chan struct{}
 	eventsCh chan struct{}
 	onChange func(user string, ev mailbox.Event)
+
+	noteMu       sync.Mutex
+	pending      notes // guarded by noteMu
+	notifyKick   chan struct{}
+	notifierDone chan struct{}
 
 	stop    context.CancelFunc
 	stopped chan struct{}
@@ -112,7 +116,8 @@ func Open(ctx context.Context, url string, o Options) (*Store, error) {
 		o.Now = time.Now
 	}
 	s := &Store{pool: pool, url: url, node: o.Node, log: log, now: o.Now,
-		queueCh: make(chan struct{}), eventsCh: make(chan struct{}), stopped: make(chan struct{})}
+		queueCh: make(chan struct{}), eventsCh: make(chan struct{}), stopped: make(chan struct{}),
+		notifyKick: make(chan struct{}, 1), notifierDone: make(chan struct{})}
 	if s.node == "" {
 		s.node = nodeName()
 	}
@@ -129,6 +134,7 @@ func Open(ctx context.Context, url string, o Options) (*Store, error) {
 	s.stop = stop
 	ready := make(chan struct{})
 	go s.listen(lctx, ready)
+	go s.notifier(lctx)
 	select {
 	case <-ready:
 	case <-ctx.Done():
@@ -141,8 +147,15 @@ func (s *Store) Node() string { return s.node }
 
 // Close stops listening and closes the connections.
 func (s *Store) Close() error {
+	// What is still pending goes out first: other nodes may wait on it.
+	s.noteMu.Lock()
+	n := s.pending
+	s.pending = notes{}
+	s.noteMu.Unlock()
+	s.send(context.Background(), n)
 	s.stop()
 	<-s.stopped
+	<-s.notifierDone
 	s.pool.Close()
 	return nil
 }

@@ -43,13 +43,16 @@ func (s *Store) Enqueue(ctx context.Context, m *spool.Message, body io.Reader, e
 			return err
 		}
 	}
-	b.Queue("SELECT pg_notify($1, ''), pg_notify($2, '')", chanQueue, chanEvents)
-	return store.Retry(ctx, func() error {
+	err = store.Retry(ctx, func() error {
 		if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 			return mapErr(fmt.Errorf("enqueue %s: %w", m.ID, err))
 		}
 		return nil
 	})
+	if err == nil {
+		s.changed(true, true)
+	}
+	return err
 }
 
 // readChunks reads a whole body and cuts it into bodyChunk pieces. The
@@ -380,12 +383,12 @@ func (s *Store) Update(ctx context.Context, id string, lease *spool.Lease, fn fu
 			}
 			queueWrite(b, m, before, lease != nil && !eff.KeepLease, keep)
 		}
-		b.Queue("SELECT pg_notify($1, ''), pg_notify($2, '')", chanQueue, chanEvents)
 		return tx.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
 		return err
 	}
+	s.changed(true, true)
 	for _, f := range files {
 		s.Publish(f.user, f.ev)
 	}
@@ -468,7 +471,7 @@ func queueWrite(b *pgx.Batch, m *spool.Message, before []recipientRow, release b
 
 // Delete implements spool.Backend.
 func (s *Store) Delete(ctx context.Context, id string, ev spool.Event) error {
-	return s.tx(ctx, func(tx pgx.Tx) error {
+	err := s.tx(ctx, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, "DELETE FROM queue WHERE id = $1", id)
 		if err != nil {
 			return err
@@ -476,23 +479,21 @@ func (s *Store) Delete(ctx context.Context, id string, ev spool.Event) error {
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("%s: %w", id, spool.ErrNotFound)
 		}
-		if err := appendEvents(ctx, tx, ev); err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, "SELECT pg_notify($1, '')", chanEvents)
-		return err
+		return appendEvents(ctx, tx, ev)
 	})
+	if err == nil {
+		s.changed(false, true)
+	}
+	return err
 }
 
 // Record implements spool.Backend.
 func (s *Store) Record(ctx context.Context, evs ...spool.Event) error {
-	return s.tx(ctx, func(tx pgx.Tx) error {
-		if err := appendEvents(ctx, tx, evs...); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, "SELECT pg_notify($1, '')", chanEvents)
-		return err
-	})
+	err := s.tx(ctx, func(tx pgx.Tx) error { return appendEvents(ctx, tx, evs...) })
+	if err == nil {
+		s.changed(false, true)
+	}
+	return err
 }
 
 // queueEvents adds the statements that log evs to b.
