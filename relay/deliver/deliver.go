@@ -310,25 +310,21 @@ func (l *Loop) process(ctx context.Context, lease spool.Lease) {
 // deliverLocal files every due local recipient of m in one operation of
 // the store: one blob, one INBOX entry per distinct account, and the
 // recipients' final state, with the notices they call for. A recipient
-// whose account went away after RCPT was accepted fails with 5.1.1; one
-// that vanishes during the update makes the store refuse it
-// (spool.ErrNoAccount), and the update is planned again.
+// whose account went away after RCPT was accepted makes the store refuse
+// the filing (spool.ErrNoAccount); the update is planned again with that
+// recipient failed, 5.1.1.
 func (l *Loop) deliverLocal(lease spool.Lease, m *spool.Message, keep bool) error {
+	// Every account is taken to exist (RCPT checked it): the store
+	// refuses a filing for one that went away since, and the update is
+	// planned again without it, so the common case costs no lookup.
 	gone := map[string]bool{}
-	for range 3 {
+	for range len(m.Rcpts) + 1 {
 		now := l.spool.Now()
 		exists := map[string]bool{}
 		for _, r := range m.Rcpts {
 			if isDue(r, now) && l.IsLocal(r.Address) {
 				u := mailbox.Resolve(r.Address)
-				if _, seen := exists[u]; seen {
-					continue
-				}
-				ok, err := l.boxes.UserExists(u)
-				if err != nil {
-					return err
-				}
-				exists[u] = ok && !gone[u]
+				exists[u] = !gone[u]
 			}
 		}
 		err := l.spool.Update(m.ID, &lease, func(m *spool.Message) (spool.Effects, error) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -477,15 +476,8 @@ func (s *Store) fileTx(ctx context.Context, tx pgx.Tx, b *pgx.Batch, m *spool.Me
 			return nil, &spool.NoAccountError{Account: acc}
 		}
 	}
-	var first []byte
-	err = tx.QueryRow(ctx, "SELECT data FROM bodies WHERE queue_id = $1 AND chunk = 0", m.ID).Scan(&first)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return nil, err
-	}
-	hc := mailbox.NewHeadCapture(strings.NewReader(string(first)))
-	io.Copy(io.Discard, hc)
 	id := ulid.Make().String()
-	b.Queue("INSERT INTO blobs (id, size, head, refs) VALUES ($1, $2, $3, $4)", id, m.Size, hc.Head(m.Size), len(f.Accounts))
+	b.Queue("INSERT INTO blobs (id, size, head, refs) SELECT $1, size, head, $2 FROM queue WHERE id = $3", id, len(f.Accounts), m.ID)
 	b.Queue("INSERT INTO blob_chunks (blob, chunk, data) SELECT $1, chunk, data FROM bodies WHERE queue_id = $2", id, m.ID)
 	var out []fileResult
 	for _, acc := range f.Accounts {

@@ -22,6 +22,8 @@ CREATE TABLE queue (
 	sender      text NOT NULL,
 	params      jsonb NOT NULL,
 	size        bigint NOT NULL,
+	-- The body's header section, for the blob a local delivery files.
+	head        bytea,
 	hold        boolean NOT NULL DEFAULT false,
 	-- The earliest next attempt of a pending recipient, or the end of the
 	-- lease while one runs; NULL when held or nothing is pending.

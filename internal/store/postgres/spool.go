@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/relaymail/relay/internal/store"
+	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/spool"
 )
 
@@ -75,9 +76,15 @@ func queueMessage(b *pgx.Batch, m *spool.Message, chunks [][]byte) error {
 	if err != nil {
 		return err
 	}
-	b.Queue(`INSERT INTO queue (id, arrived, client_ip, helo, sender, params, size, hold, due)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-		m.ID, m.Arrived, m.ClientIP, m.Helo, m.From, params, m.Size, m.Hold, nullTime(m.NextDue()))
+	var head []byte
+	if len(chunks) > 0 {
+		hc := mailbox.NewHeadCapture(bytes.NewReader(chunks[0]))
+		io.Copy(io.Discard, hc)
+		head = hc.Head(m.Size)
+	}
+	b.Queue(`INSERT INTO queue (id, arrived, client_ip, helo, sender, params, size, head, hold, due)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+		m.ID, m.Arrived, m.ClientIP, m.Helo, m.From, params, m.Size, head, m.Hold, nullTime(m.NextDue()))
 	for i := range m.Rcpts {
 		r := &m.Rcpts[i]
 		reply, err := json.Marshal(r.Reply)
@@ -111,6 +118,44 @@ func nullTime(t time.Time) *time.Time {
 }
 
 const messageCols = `id, arrived, client_ip, helo, sender, params, size, hold`
+
+// withRecipients selects a message's recipients as one JSON array, so that
+// a message with its recipients is one query.
+const withRecipients = `, (SELECT json_agg(json_build_array(address, notify, orcpt, state, attempts, next_attempt,
+	last_reply, remote_mta, delay_notified) ORDER BY idx) FROM recipients r WHERE r.queue_id = q.id)`
+
+// recipientsJSON decodes what withRecipients selects into m.
+func recipientsJSON(b []byte, m *spool.Message) error {
+	var rows [][]json.RawMessage
+	if err := json.Unmarshal(b, &rows); err != nil {
+		return fmt.Errorf("decode the recipients of %s: %w", m.ID, err)
+	}
+	m.Rcpts = make([]spool.Recipient, len(rows))
+	for i, row := range rows {
+		if len(row) != 9 {
+			return fmt.Errorf("decode the recipients of %s: %d fields", m.ID, len(row))
+		}
+		r := &m.Rcpts[i]
+		var state string
+		var next *time.Time
+		for k, dst := range []any{&r.Address, &r.Notify, &r.ORcpt, &state, &r.Attempts, &next, &r.Reply, &r.RemoteMTA, &r.DelayNotified} {
+			if string(row[k]) == "null" {
+				continue
+			}
+			if err := json.Unmarshal(row[k], dst); err != nil {
+				return fmt.Errorf("decode the recipients of %s: %w", m.ID, err)
+			}
+		}
+		r.State = spool.State(state)
+		if next != nil {
+			r.NextAttempt = next.In(time.Local)
+		}
+		if len(r.Notify) == 0 {
+			r.Notify = nil
+		}
+	}
+	return nil
+}
 
 type queryer interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
@@ -194,14 +239,21 @@ func loadRecipients(ctx context.Context, q queryer, ids []string, byID map[strin
 
 // Get implements spool.Backend.
 func (s *Store) Get(ctx context.Context, id string) (*spool.Message, error) {
-	ms, err := loadMessages(ctx, s.pool, "SELECT "+messageCols+" FROM queue WHERE id = $1", id)
+	m := new(spool.Message)
+	var params, rcpts []byte
+	err := s.pool.QueryRow(ctx, "SELECT "+messageCols+withRecipients+" FROM queue q WHERE id = $1", id).
+		Scan(&m.ID, &m.Arrived, &m.ClientIP, &m.Helo, &m.From, &params, &m.Size, &m.Hold, &rcpts)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%s: %w", id, spool.ErrNotFound)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", id, mapErr(err))
 	}
-	if len(ms) == 0 {
-		return nil, fmt.Errorf("%s: %w", id, spool.ErrNotFound)
+	if err := json.Unmarshal(params, &m.Params); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", id, err)
 	}
-	return ms[0], nil
+	m.Arrived = m.Arrived.In(time.Local)
+	return m, recipientsJSON(rcpts, m)
 }
 
 // Page implements spool.Backend.
@@ -398,9 +450,9 @@ func (s *Store) Update(ctx context.Context, id string, lease *spool.Lease, fn fu
 // lockMessage reads message id with its lease, locking its row.
 func lockMessage(ctx context.Context, tx pgx.Tx, id string) (m *spool.Message, node *string, epoch int64, until *time.Time, err error) {
 	m = new(spool.Message)
-	var params []byte
-	err = tx.QueryRow(ctx, "SELECT lease_node, lease_epoch, lease_until, "+messageCols+" FROM queue WHERE id = $1 FOR UPDATE", id).
-		Scan(&node, &epoch, &until, &m.ID, &m.Arrived, &m.ClientIP, &m.Helo, &m.From, &params, &m.Size, &m.Hold)
+	var params, rcpts []byte
+	err = tx.QueryRow(ctx, "SELECT lease_node, lease_epoch, lease_until, "+messageCols+withRecipients+" FROM queue q WHERE id = $1 FOR UPDATE", id).
+		Scan(&node, &epoch, &until, &m.ID, &m.Arrived, &m.ClientIP, &m.Helo, &m.From, &params, &m.Size, &m.Hold, &rcpts)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil, 0, nil, fmt.Errorf("%s: %w", id, spool.ErrNotFound)
 	}
@@ -411,8 +463,7 @@ func lockMessage(ctx context.Context, tx pgx.Tx, id string) (m *spool.Message, n
 		return nil, nil, 0, nil, fmt.Errorf("decode %s: %w", id, err)
 	}
 	m.Arrived = m.Arrived.In(time.Local)
-	err = loadRecipients(ctx, tx, []string{id}, map[string]*spool.Message{id: m})
-	return m, node, epoch, until, err
+	return m, node, epoch, until, recipientsJSON(rcpts, m)
 }
 
 func splitChunks(b []byte) [][]byte {
