@@ -56,6 +56,26 @@ func (l *crashLoad) mark(set map[string]bool, key string) {
 	l.mu.Unlock()
 }
 
+// waitAcked waits, after the load has run for its time, until at least n
+// messages are acknowledged in all: a slow machine makes the load run
+// longer rather than leave the kill with nothing to test.
+func (l *crashLoad) waitAcked(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		l.mu.Lock()
+		got := len(l.acked)
+		l.mu.Unlock()
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d messages acknowledged in 60 s of load", got, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // client sends messages on one connection until the connection fails. Any
 // failure before the kill is a bug and is recorded.
 func (l *crashLoad) client(addr string, g int) {
@@ -190,7 +210,8 @@ func loadFor(t *testing.T, srv *server, clients int, d time.Duration, stop func(
 	for g := range clients {
 		wg.Go(func() { load.client(srv.addr, g) })
 	}
-	time.Sleep(d)
+	time.Sleep(d) // the load's length, not a synchronisation
+	load.waitAcked(t, clients)
 	load.killed.Store(true)
 	stop()
 	waitGroup(t, &wg, 30*time.Second)

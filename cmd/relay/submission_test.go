@@ -111,7 +111,8 @@ func TestCrashKill9TwoUsers(t *testing.T) {
 		for c := range clients {
 			wg.Go(func() { submitLoad(load, srv.addrs["submission"], r*100+c, users) })
 		}
-		time.Sleep(700 * time.Millisecond)
+		time.Sleep(700 * time.Millisecond) // the load's length
+		load.waitAcked(t, (r+1)*clients)
 		load.killed.Store(true)
 		srv.kill()
 		waitGroup(t, &wg, 30*time.Second)

@@ -128,6 +128,19 @@ func run(t *testing.T, l *deliver.Loop) (stop func()) {
 	return stop
 }
 
+// nothingDue kicks l, waits until it has passed over the queue, and fails
+// the test if that pass claimed a message: what says what should not be due.
+func nothingDue(t *testing.T, l *deliver.Loop, what string) {
+	t.Helper()
+	n, ok := deliver.Look(l)
+	if !ok {
+		t.Fatalf("the delivery loop made no pass over the queue within 10 s of a kick")
+	}
+	if n != 0 {
+		t.Fatalf("%s: the loop claimed %d messages", what, n)
+	}
+}
+
 // waitFor polls cond every 10 ms for up to 10 s. cond returns whether it
 // holds and, if not, what is the case instead (for the failure message).
 func waitFor(t *testing.T, what string, cond func() (bool, string)) {
@@ -343,8 +356,7 @@ func TestLocalDelivery(t *testing.T) {
 	}
 
 	// Nothing more happens until the retry is due: no second copy.
-	l.Kick()
-	time.Sleep(50 * time.Millisecond)
+	nothingDue(t, l, "before the remote recipient's retry was due")
 	for _, u := range users {
 		if n := len(inbox(t, e.boxes, u)); n != 1 {
 			t.Errorf("%s: %d messages after a rescan, want 1", u, n)
@@ -455,8 +467,7 @@ func TestLocalDeliveryRetriedAfterFailure(t *testing.T) {
 			t.Errorf("after failure %d: a failed delivery left message or blob keys", k)
 		}
 		// Not retried before it is due.
-		l.Kick()
-		time.Sleep(30 * time.Millisecond)
+		nothingDue(t, l, fmt.Sprintf("after failure %d, before the retry was due", k))
 		if c := calls.Load(); c != int32(k) {
 			t.Fatalf("after failure %d: %d delivery attempts before the retry was due", k, c)
 		}
@@ -741,8 +752,9 @@ func TestConcurrentDeliveryToOneMailbox(t *testing.T) {
 func TestLoopStopsWithoutWork(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	stop := run(t, e.newLoop())
-	time.Sleep(20 * time.Millisecond)
+	l := e.newLoop()
+	stop := run(t, l)
+	nothingDue(t, l, "with an empty queue") // the loop is idle, waiting
 	start := time.Now()
 	stop()
 	if d := time.Since(start); d > 2*time.Second {

@@ -705,8 +705,7 @@ func TestRetryResumesAfterRestart(t *testing.T) {
 
 	fr2 := newRemote(e, by(ok(false), nil))
 	l := e.start(t, defaultRetry, fr2)
-	l.Kick()
-	time.Sleep(20 * time.Millisecond)
+	nothingDue(t, l, "after a restart, before the scheduled retry")
 	if c := fr2.seen(); len(c) != 0 {
 		t.Fatalf("after restart, tried at once (%s) instead of at the scheduled time", summary(c))
 	}

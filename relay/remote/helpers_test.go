@@ -128,6 +128,7 @@ type scripted struct {
 	dataTries int
 	mailTries int
 	hellos    []string
+	hung      int // RCPTs held by hangRcpt so far
 }
 
 // helloNames returns the EHLO names, one per EHLO.
@@ -206,6 +207,13 @@ func (s *scripted) connections() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.conns
+}
+
+// hanging is how many RCPT commands hangRcpt holds or has held.
+func (s *scripted) hanging() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hung
 }
 
 // transactions returns copies of the transactions so far.
@@ -323,6 +331,9 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	s := ss.s
 	s.mu.Lock()
 	hangs := s.sc.hangRcpt
+	if hangs {
+		s.hung++
+	}
 	s.mu.Unlock()
 	if hangs {
 		<-s.release

@@ -267,7 +267,13 @@ func TestCancelWhileHanging(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan []deliver.Outcome, 1)
 	go func() { done <- tr.Deliver(ctx, m, []int{0}, nil) }()
-	time.Sleep(200 * time.Millisecond)
+	deadline := time.Now().Add(10 * time.Second)
+	for srv.hanging() == 0 { // the delivery is stuck at RCPT
+		if time.Now().After(deadline) {
+			t.Fatal("the delivery reached no RCPT within 10 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	cancel()
 	select {
 	case out := <-done:

@@ -51,11 +51,11 @@ func TestIdleClientDisconnected(t *testing.T) {
 func TestSlowCommandsKeepConnection(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig()
-	cfg.CommandTimeout = 400 * time.Millisecond
+	cfg.CommandTimeout = 2 * time.Second
 	s := startServer(t, cfg)
 	rc := s.rawHello(t)
-	for range 4 {
-		time.Sleep(150 * time.Millisecond)
+	for range 3 {
+		time.Sleep(time.Second) // well inside the timeout, longer than it in sum
 		rc.expect("NOOP", "250 ")
 	}
 }
@@ -194,7 +194,7 @@ func TestBDATIdleTimeout(t *testing.T) {
 			if !rc.closed(5 * time.Second) {
 				t.Errorf("connection still open after the timeout reply")
 			}
-			time.Sleep(100 * time.Millisecond)
+			s.drain(t)
 			if e := errs.take(); e != "" {
 				t.Errorf("errors logged for a client timeout:\n%s", e)
 			}

@@ -275,8 +275,9 @@ type groupSyncer struct {
 }
 
 type syncRound struct {
-	done chan struct{}
-	err  error
+	done    chan struct{}
+	err     error
+	callers int // how many wait for it (tests see who has joined)
 }
 
 func newGroupSyncer(fn func() error) *groupSyncer {
@@ -293,6 +294,7 @@ func (g *groupSyncer) sync() error {
 		g.waiting = &syncRound{done: make(chan struct{})}
 	}
 	round := g.waiting
+	round.callers++
 	if !g.running {
 		g.running = true
 		g.loops.Add(1)

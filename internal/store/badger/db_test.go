@@ -62,11 +62,15 @@ func recv[T any](t *testing.T, ch <-chan T, what string) T {
 	}
 }
 
-// hasWaiter reports whether a caller is registered for the next sync round.
-func hasWaiter(g *groupSyncer) bool {
+// waiters reports how many callers are registered for the next sync round.
+// waiters is how many callers wait for the next round of g.
+func waiters(g *groupSyncer) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.waiting != nil
+	if g.waiting == nil {
+		return 0
+	}
+	return g.waiting.callers
 }
 
 // TestGroupSyncerSharesSyncs: many concurrent callers all succeed, share
@@ -141,11 +145,7 @@ func TestGroupSyncerLateCallerWaitsForNextSync(t *testing.T) {
 	// Sync 1 is running and blocked. A second caller arrives now.
 	second := make(chan error, 1)
 	go func() { second <- g.sync() }()
-	waitFor(t, "second caller to register", func() bool { return hasWaiter(g) })
-	// hasWaiter proves registration only for this implementation; the pause
-	// makes sure the second caller is inside sync before sync 1 ends even
-	// if the bookkeeping changes.
-	time.Sleep(50 * time.Millisecond)
+	waitFor(t, "second caller to join the next round", func() bool { return waiters(g) == 1 })
 
 	gate <- struct{}{} // let sync 1 finish
 	if err := recv(t, first, "first caller to return"); err != nil {
@@ -213,10 +213,8 @@ func TestGroupSyncerLateCallersShareOneSync(t *testing.T) {
 		}()
 	}
 	registered.Wait()
-	// All late callers must be in the waiting round before sync 1 ends;
-	// give the goroutines a moment to reach g.sync.
-	waitFor(t, "a late caller to register", func() bool { return hasWaiter(g) })
-	time.Sleep(50 * time.Millisecond)
+	// All late callers must be in the waiting round before sync 1 ends.
+	waitFor(t, "every late caller to join the next round", func() bool { return waiters(g) == late })
 
 	gate <- struct{}{}
 	if err := recv(t, first, "first caller to return"); err != nil {
@@ -407,11 +405,9 @@ func TestCollectGarbageReturns(t *testing.T) {
 }
 
 // TestCloseWithSyncInFlight: a Sync that is running (or queued) when Close is
-// called must not run Badger's Sync on the closed database. Today
-// DB.Close (store.go:115-120) marks the syncer closed but does not wait for its
-// loop, so the round runs badger.DB.Sync after badger.DB.Close, which
-// dereferences the nil memtable (badger db.go:741) and panics, killing the
-// process during shutdown.
+// called must not run Badger's Sync on the closed database: Close waits for
+// the running round, since badger.DB.Sync after badger.DB.Close dereferences
+// the nil memtable and panics, killing the process during shutdown.
 func TestCloseWithSyncInFlight(t *testing.T) {
 	db, _ := openTemp(t, Options{})
 	if err := db.Update(func(txn *bdg.Txn) error { return txn.Set([]byte("k"), []byte("v")) }); err != nil {
@@ -441,9 +437,21 @@ func TestCloseWithSyncInFlight(t *testing.T) {
 
 	closeDone := make(chan error, 1)
 	go func() { closeDone <- db.Close() }()
-	// A correct Close waits for the running sync; give a wrong one the
-	// time to finish closing Badger first.
-	time.Sleep(200 * time.Millisecond)
+	// Close has begun once the syncer is marked closed; a correct one then
+	// waits for the running sync. A wrong one returns: look for that for a
+	// moment (a slow machine shortens the look, it never fails a correct
+	// Close), then let the sync run, which panics on a closed Badger.
+	syncer := db.syncer
+	waitFor(t, "Close to reach the syncer", func() bool {
+		syncer.mu.Lock()
+		defer syncer.mu.Unlock()
+		return syncer.closed
+	})
+	select {
+	case err := <-closeDone:
+		t.Fatalf("Close returned (%v) while a sync was still running", err)
+	case <-time.After(100 * time.Millisecond):
+	}
 	close(gate)
 	<-syncDone
 	if err := <-closeDone; err != nil {
