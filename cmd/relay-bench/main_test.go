@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 	"github.com/emersion/go-smtp"
 )
 
@@ -85,4 +88,73 @@ func TestSMTPJSON(t *testing.T) {
 	if sum.Messages != 50 || sum.MsgsPerSec <= 0 || !sum.Pipelining || sum.Latency.P99 <= 0 || stderr.Len() != 0 {
 		t.Errorf("summary %+v, stderr %q", sum, stderr.String())
 	}
+}
+
+// TestIMAPFillAndRun fills two INBOXes of go-imap's in-memory server by
+// APPEND, then runs a mix of operations on them, both with JSON summaries.
+func TestIMAPFillAndRun(t *testing.T) {
+	const pass = "bench-password"
+	logins := []string{"user0@localhost", "user1@localhost"}
+	mem := imapmemserver.New()
+	for _, l := range logins {
+		u := imapmemserver.NewUser(l, pass)
+		if err := u.Create("INBOX", nil); err != nil {
+			t.Fatal(err)
+		}
+		mem.AddUser(u)
+	}
+	srv := imapserver.New(&imapserver.Options{
+		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			return mem.NewSession(), nil, nil
+		},
+		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}},
+		InsecureAuth: true,
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	addr := ln.Addr().String()
+
+	var stdout, stderr bytes.Buffer
+	fill := []string{"imap-fill", "-addr", addr, "-users", "2", "-pass", pass, "-n", "20", "-c", "2", "-mix", "1k:1,4k:1", "-json", "-quiet"}
+	if err := run(t.Context(), fill, &stdout, &stderr); err != nil {
+		t.Fatalf("%v; stderr %s", err, stderr.String())
+	}
+	var filled struct {
+		Appended int64 `json:"appended"`
+		Failed   int64 `json:"failed"`
+		Target   int   `json:"target_per_user"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &filled); err != nil {
+		t.Fatalf("imap-fill stdout is not one JSON object: %v\n%s", err, stdout.String())
+	}
+	if filled.Appended != 40 || filled.Failed != 0 || filled.Target != 20 {
+		t.Errorf("imap-fill summary %+v, want 40 appended to two INBOXes of 20", filled)
+	}
+
+	stdout.Reset()
+	load := []string{"imap", "-addr", addr, "-users", "2", "-pass", pass, "-n", "60", "-c", "2", "-json", "-quiet"}
+	if err := run(t.Context(), load, &stdout, &stderr); err != nil {
+		t.Fatalf("%v; stderr %s", err, stderr.String())
+	}
+	var ran struct {
+		Ops    int64 `json:"ops"`
+		Failed int64 `json:"failed"`
+		PerOp  map[string]struct {
+			Ops int64 `json:"ops"`
+		} `json:"per_op"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &ran); err != nil {
+		t.Fatalf("imap stdout is not one JSON object: %v\n%s", err, stdout.String())
+	}
+	if ran.Ops < 60 || ran.Failed != 0 || len(ran.PerOp) < 3 {
+		t.Errorf("imap summary: %d operations, %d failed, %d kinds; want at least 60, none failed, a mix", ran.Ops, ran.Failed, len(ran.PerOp))
+	}
+	if stderr.Len() != 0 {
+		t.Errorf("stderr %q with -quiet", stderr.String())
+	}
+	t.Logf("imap summary: %s", stdout.String())
 }
