@@ -404,6 +404,63 @@ func TestNodesIdle(t *testing.T) {
 	}
 }
 
+// TestNodesTail: `relay queue tail -f` on node B follows what node A does:
+// the events of a message that node A accepted and delivered.
+func TestNodesTail(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	k := newSink(t)
+	dir := workDir(t)
+	mustRelayStdin(t, testPassword+"\n", "user", "add", "carol@localhost", "--password-stdin", "--store", url, "--data", filepath.Join(dir, "cli"))
+	a := node(t, url, filepath.Join(dir, "a"), k.addr)
+	node(t, url, filepath.Join(dir, "b"), k.addr)
+	// The follower connects in its own time, and what happened before it
+	// did is the past, not followed: send until it shows a message, the
+	// sign that it follows. Other tests share the database, so only this
+	// test's senders count.
+	lines, next := followTail(t, filepath.Join(dir, "b"), "-n", "0")
+	connected := false
+	for i := 0; i < 20 && !connected; i++ {
+		from := fmt.Sprintf("warmup%d@localhost", i)
+		a.send(t, from, []string{"carol@localhost"}, crlf("Subject: warm-up\n\nis anyone there\n"))
+		deadline := time.After(time.Second)
+		for waiting := true; waiting; {
+			select {
+			case l := <-lines:
+				if l.ev.Event == "accepted" && strings.HasPrefix(l.ev.From, "warmup") {
+					connected, waiting = true, false
+				}
+			case <-deadline:
+				waiting = false
+			}
+		}
+	}
+	if !connected {
+		t.Fatal("queue tail -f on node B showed none of 20 messages node A accepted")
+	}
+	for i := 1; i <= 3; i++ {
+		from := fmt.Sprintf("tail%d@localhost", i)
+		start := time.Now()
+		a.send(t, from, []string{"carol@localhost"}, crlf(fmt.Sprintf("Subject: %d\n\nfollowed on another node\n", i)))
+		var id string
+		for id == "" {
+			if l := next("accepted event"); l.ev.Event == "accepted" && l.ev.From == from {
+				id = l.ev.ID
+				t.Logf("message %d: accepted on node A, shown on node B %v after it was sent", i, l.at.Sub(start).Round(time.Millisecond))
+			}
+		}
+		for {
+			l := next("delivered event")
+			if l.ev.ID == id && l.ev.Event == "delivered" {
+				if l.ev.Rcpt != "carol@localhost" {
+					t.Errorf("message %d delivered to %q, want carol@localhost", i, l.ev.Rcpt)
+				}
+				break
+			}
+		}
+	}
+}
+
 // TestPostgresDown: while the database is down, SMTP answers 451 4.3.0 and
 // IMAP NO [UNAVAILABLE], the node stays up, and when the database is back
 // it works again by itself; nothing acknowledged is lost.
