@@ -8,10 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
-	"os/exec"
 	"reflect"
-	"regexp"
 	"slices"
 	"sync"
 	"testing"
@@ -25,15 +22,6 @@ import (
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/spool"
 )
-
-// knownBug skips a test that demonstrates a bug reported to the owner of the
-// code under test, unless RELAY_KNOWN_BUGS=1.
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("RELAY_KNOWN_BUGS") != "1" {
-		t.Skipf("known bug (set RELAY_KNOWN_BUGS=1 to run): %s", what)
-	}
-}
 
 // t0 is the fake clock's start. UTC, so that times decoded from the stored
 // JSON compare equal with reflect.DeepEqual.
@@ -1367,45 +1355,23 @@ func TestPendingMessageStaysDue(t *testing.T) {
 	}
 }
 
-// TestEnqueueInMemory: storebadger.Options.InMemory (for tests) must hold the
-// bodies the spool writes. Two problems:
-//   - Badger in memory rejects values larger than ValueThreshold (64 KiB,
-//     store.go:59), but the spool writes BodyChunk (1 MiB, store.go:62) pieces,
-//     so every message over 64 KiB fails to enqueue;
-//   - a value of exactly ValueThreshold bytes passes Badger's in-memory size
-//     check (txn.go:371, ">") but is then routed to the (absent) value log
-//     (skipVlog uses "<"), and writeToLSM panics with "index out of range"
-//     (badger db.go:851) in a Badger goroutine: the whole process dies. A
-//     body of exactly 65536 bytes triggers it. That case runs in a child
-//     process so that it cannot take the other tests down.
+// TestEnqueueInMemory: storebadger.Options.InMemory (for tests) holds the
+// bodies the spool writes, around Badger's in-memory value limit
+// (ValueThreshold, which an in-memory Badger cannot exceed and at which it
+// once routed a value to the absent value log) and the body chunk size.
 func TestEnqueueInMemory(t *testing.T) {
-	for _, tc := range []struct {
-		size int
-		bug  string
-	}{
-		{4 << 10, ""},
-		{storebadger.ValueThreshold - 1, ""},
-		{storebadger.ValueThreshold, ""},
-		{storebadger.ValueThreshold + 1, ""},
-		{storebadger.BodyChunk + 1, ""},
-	} {
-		t.Run(fmt.Sprint(tc.size), func(t *testing.T) {
-			if tc.bug != "" {
-				knownBug(t, tc.bug)
-				if !inChild(t) {
-					return
-				}
-			}
+	for _, size := range []int{4 << 10, storebadger.ValueThreshold - 1, storebadger.ValueThreshold, storebadger.ValueThreshold + 1, storebadger.BodyChunk + 1} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			db, err := storebadger.Open("", storebadger.Options{InMemory: true})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer db.Close()
 			s := spool.New(storebadger.New(db, nil), newClock().Now)
-			body := randBytes(tc.size, 8)
+			body := randBytes(size, 8)
 			m := &spool.Message{ID: s.NewID(), From: "a@example.org", Rcpts: []spool.Recipient{rcpt("b@example.net")}}
 			if err := s.Enqueue(m, bytes.NewReader(body)); err != nil {
-				t.Fatalf("Enqueue of %d bytes in memory: %.200v", tc.size, err)
+				t.Fatalf("Enqueue of %d bytes in memory: %.200v", size, err)
 			}
 			r, err := s.Body(m.ID)
 			if err != nil {
@@ -1416,26 +1382,4 @@ func TestEnqueueInMemory(t *testing.T) {
 			}
 		})
 	}
-}
-
-// inChild reports whether the calling test runs in a child process started
-// for it. Otherwise it runs the test in a child (so that a crash inside a
-// library goroutine fails only this test), reports the outcome and returns
-// false.
-func inChild(t *testing.T) bool {
-	t.Helper()
-	const envName = "SPOOL_TEST_CHILD"
-	if os.Getenv(envName) == t.Name() {
-		return true
-	}
-	cmd := exec.Command(os.Args[0], "-test.run=^"+regexp.QuoteMeta(t.Name())+"$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envName+"="+t.Name())
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		if len(out) > 4000 {
-			out = out[:4000]
-		}
-		t.Errorf("child process: %v\n%s", err, out)
-	}
-	return false
 }

@@ -15,15 +15,6 @@ import (
 	bdg "github.com/dgraph-io/badger/v4"
 )
 
-// knownBug skips a test that demonstrates a bug reported to the owner of the
-// code under test, unless RELAY_KNOWN_BUGS=1.
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("RELAY_KNOWN_BUGS") != "1" {
-		t.Skipf("known bug (set RELAY_KNOWN_BUGS=1 to run): %s", what)
-	}
-}
-
 // openTemp opens a database in a fresh temporary directory and closes it when
 // the test ends.
 func openTemp(t *testing.T, o Options) (*DB, string) {
