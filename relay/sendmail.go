@@ -14,6 +14,7 @@ import (
 	"github.com/relaymail/relay/internal/addr"
 	"github.com/relaymail/relay/internal/admin"
 	"github.com/relaymail/relay/internal/diskspace"
+	"github.com/relaymail/relay/internal/store"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/relay/inject"
 	"github.com/relaymail/relay/spool"
@@ -113,7 +114,7 @@ func (s *Server) sendmail(_ context.Context, raw json.RawMessage, body io.Reader
 	if errors.Is(err, errTooBig) {
 		return nil, admin.UserError(err)
 	}
-	if errors.Is(err, diskspace.ErrLow) {
+	if errors.Is(err, diskspace.ErrLow) || errors.Is(err, store.ErrNoSpace) {
 		return nil, noSpace(err)
 	}
 	if err != nil {

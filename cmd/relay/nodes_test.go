@@ -461,6 +461,64 @@ func TestNodesTail(t *testing.T) {
 	}
 }
 
+// TestNodesVerbs: every queue and user verb run on one node acts on the
+// shared store: a message node A accepted is listed, shown, held, released
+// and deleted from node B, and an account added on node A logs in on B.
+func TestNodesVerbs(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	k := newSink(t)
+	dir := workDir(t)
+	mustRelayStdin(t, testPassword+"\n", "user", "add", "bob@localhost", "--password-stdin", "--store", url, "--data", filepath.Join(dir, "cli"))
+	a := node(t, url, filepath.Join(dir, "a"), k.addr)
+	b := node(t, url, filepath.Join(dir, "b"), k.addr)
+	// No DNS answers here, so mail for nowhere.test stays deferred.
+	a.submit(t, "bob@localhost", []string{"x@nowhere.test"}, crlf("Subject: verbs\n\nacross nodes\n"))
+	m := queuedFrom(t, b.data, "bob@localhost")
+
+	if sh := showMessage(t, b.data, m.ID); !strings.Contains(sh.Body, "across nodes") {
+		t.Errorf("queue show on node B: body %q", sh.Body)
+	}
+	mustRelay(t, "queue", "hold", m.ID, "--data", b.data)
+	if found, held := heldState(t, a.data, m.ID); !found || !held {
+		t.Errorf("held on node B: node A lists it found=%v held=%v", found, held)
+	}
+	mustRelay(t, "queue", "release", m.ID, "--data", a.data)
+	if found, held := heldState(t, b.data, m.ID); !found || held {
+		t.Errorf("released on node A: node B lists it found=%v held=%v", found, held)
+	}
+	mustRelay(t, "queue", "flush", m.ID, "--data", b.data)
+	mustRelay(t, "queue", "delete", m.ID, "--data", b.data)
+	if found, _ := heldState(t, a.data, m.ID); found {
+		t.Errorf("deleted on node B: node A still lists %s", m.ID)
+	}
+	if out := mustRelay(t, "queue", "tail", "-n", "50", "--data", a.data).stdout; !strings.Contains(out, m.ID) {
+		t.Errorf("queue tail on node A shows nothing of %s:\n%s", m.ID, out)
+	}
+
+	mustRelayStdin(t, testPassword+"\n", "user", "add", "dora@localhost", "--password-stdin", "--data", a.data)
+	if out := mustRelay(t, "user", "list", "--data", b.data).stdout; !strings.Contains(out, "dora@localhost") || !strings.Contains(out, "bob@localhost") {
+		t.Errorf("user list on node B:\n%s", out)
+	}
+	c, err := imapclient.DialInsecure(b.listener(t, "imap"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login("dora@localhost", testPassword).Wait(); err != nil {
+		t.Errorf("an account added on node A cannot log in on node B: %v", err)
+	}
+	mustRelay(t, "user", "del", "dora@localhost", "--data", b.data)
+	c2, err := imapclient.DialInsecure(a.listener(t, "imap"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if err := c2.Login("dora@localhost", testPassword).Wait(); err == nil {
+		t.Error("an account deleted on node B still logs in on node A")
+	}
+}
+
 // TestPostgresDown: while the database is down, SMTP answers 451 4.3.0 and
 // IMAP NO [UNAVAILABLE], the node stays up, and when the database is back
 // it works again by itself; nothing acknowledged is lost.

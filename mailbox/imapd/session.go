@@ -49,6 +49,10 @@ func imapError(err error) error {
 		code = imap.ResponseCodeAlreadyExists
 	case errors.Is(err, mailbox.ErrNotAllowed):
 		code = imap.ResponseCodeCannot
+	case errors.Is(err, store.ErrNoSpace):
+		// The store's disk is full: the same reply as below
+		// min-free-space.
+		return errNoStorage
 	case store.Temporary(err):
 		// RFC 5530 UNAVAILABLE: the store is down, full or busy;
 		// the same command may work later.

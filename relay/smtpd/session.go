@@ -16,6 +16,7 @@ import (
 	"github.com/relaymail/relay/internal/addr"
 	"github.com/relaymail/relay/internal/connlimit"
 	"github.com/relaymail/relay/internal/diskspace"
+	"github.com/relaymail/relay/internal/store"
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/spool"
 )
@@ -348,7 +349,9 @@ func (s *session) dataError(m *spool.Message, err error) error {
 		s.mu.Lock()
 		s.closeAfterReply = true
 		s.mu.Unlock()
-	case errors.Is(err, diskspace.ErrLow):
+	case errors.Is(err, diskspace.ErrLow), errors.Is(err, store.ErrNoSpace):
+		// Below min-free-space here, or the store's own disk full (a
+		// PostgreSQL server elsewhere): the same reply either way.
 		reply, reason = errNoStorage, "insufficient storage"
 	case errors.Is(err, smtp.ErrDataReset), errors.Is(err, io.ErrUnexpectedEOF):
 		// The client went away or reset; nobody reads the reply.

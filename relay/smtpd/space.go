@@ -2,7 +2,8 @@ package smtpd
 
 import "github.com/emersion/go-smtp"
 
-// errNoStorage refuses mail while the disk is below min-free-space. RFC 5321
+// errNoStorage refuses mail while the disk is below min-free-space or the
+// store reports its own disk full. RFC 5321
 // §4.2.2 names 452 "insufficient system storage", and §4.3.2 allows it in
 // reply to MAIL and at the end of the data; RFC 3463 §3.4 gives X.3.1, "mail
 // system full". The client keeps the message and tries later: nothing was

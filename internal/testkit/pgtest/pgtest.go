@@ -86,27 +86,52 @@ func URL(t testing.TB) string {
 	t.Helper()
 	c := Shared(t)
 	name := fmt.Sprintf("t%d_%d", os.Getpid(), dbSeq.Add(1))
+	c.exec(t, "CREATE DATABASE "+name)
+	t.Cleanup(func() { c.exec(nil, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)") })
+	return c.URL(name)
+}
+
+// URLOn is URL for a database whose files live in dir, a tablespace of its
+// own (the write-ahead log stays with the cluster): a test that fills dir
+// fills the database's disk. The tablespace goes when the test ends, before
+// cleanups registered earlier (the unmounting of dir) run.
+func URLOn(t testing.TB, dir string) string {
+	t.Helper()
+	c := Shared(t)
+	if c.asUser != "" {
+		u, err := user.Lookup(c.asUser)
+		if err != nil {
+			t.Fatalf("pgtest: %v", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		if err := os.Chown(dir, uid, gid); err != nil {
+			t.Fatalf("pgtest: %v", err)
+		}
+	}
+	n := dbSeq.Add(1)
+	space, name := fmt.Sprintf("ts%d_%d", os.Getpid(), n), fmt.Sprintf("t%d_%d", os.Getpid(), n)
+	c.exec(t, fmt.Sprintf("CREATE TABLESPACE %s LOCATION '%s'", space, strings.ReplaceAll(dir, "'", "''")))
+	t.Cleanup(func() { c.exec(nil, "DROP TABLESPACE IF EXISTS "+space) })
+	c.exec(t, fmt.Sprintf("CREATE DATABASE %s TABLESPACE %s", name, space))
+	t.Cleanup(func() { c.exec(nil, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)") })
+	return c.URL(name)
+}
+
+// exec runs one statement as the superuser; a failure fails t, or is
+// ignored when t is nil (cleanups).
+func (c *Cluster) exec(t testing.TB, sql string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, c.URL("postgres"))
-	if err != nil {
-		t.Fatalf("pgtest: connect: %v", err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("pgtest: create database: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, c.URL("postgres"))
-		if err != nil {
-			return
-		}
+	if err == nil {
 		defer conn.Close(ctx)
-		conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-	})
-	return c.URL(name)
+		_, err = conn.Exec(ctx, sql)
+	}
+	if err != nil && t != nil {
+		t.Helper()
+		t.Fatalf("pgtest: %s: %v", sql, err)
+	}
 }
 
 // Shared returns the test binary's cluster, starting it on first use.
