@@ -35,21 +35,6 @@ const (
 	testPass = "pw"
 )
 
-// runBugs says whether tests that show known bugs in non-test code should
-// fail (RELAY_KNOWN_BUGS=1) instead of skipping.
-var runBugs = os.Getenv("RELAY_KNOWN_BUGS") == "1"
-
-// skipBug is called where a test has just seen a known bug: it skips the
-// rest of the test so the suite stays green, or, with RELAY_KNOWN_BUGS=1,
-// fails the test and lets it go on.
-func skipBug(t testing.TB, why string) {
-	t.Helper()
-	if !runBugs {
-		t.Skip("BUG: " + why + " (RELAY_KNOWN_BUGS=1 makes this fail)")
-	}
-	t.Error("BUG: " + why)
-}
-
 // testServer is an imapd.Server on loopback over a Badger in a temp dir.
 type testServer struct {
 	t     testing.TB

@@ -71,9 +71,14 @@ type Server struct {
 	trusted, untrusted, secure *imapserver.Server
 	fields                     *fieldCache
 
-	mu  sync.Mutex
-	lns []net.Listener
+	mu      sync.Mutex
+	lns     map[net.Listener]struct{}
+	closed  bool
+	serving sync.WaitGroup // Serve calls under way
 }
+
+// ErrServerClosed is what Serve returns when called after Close.
+var ErrServerClosed = errors.New("imapd: server closed")
 
 // New returns an IMAP server on boxes.
 func New(cfg Config, boxes *mailbox.Store) *Server {
@@ -89,7 +94,7 @@ func New(cfg Config, boxes *mailbox.Store) *Server {
 	if cfg.FieldCacheBytes == 0 {
 		cfg.FieldCacheBytes = defaultFieldCacheBytes
 	}
-	s := &Server{cfg: cfg, boxes: boxes, fields: newFieldCache(cfg.FieldCacheBytes)}
+	s := &Server{cfg: cfg, boxes: boxes, fields: newFieldCache(cfg.FieldCacheBytes), lns: map[net.Listener]struct{}{}}
 	// IMAP4rev2 brings NAMESPACE, UIDPLUS, ESEARCH, SEARCHRES,
 	// LIST-EXTENDED, LIST-STATUS, MOVE, STATUS=SIZE and CHILDREN to
 	// IMAP4rev1 clients too.
@@ -139,17 +144,31 @@ func (s *Server) trustedAddr(a net.Addr) bool {
 	return false
 }
 
-// Serve accepts connections on ln until Close, handing each to the server
-// instance its client network calls for.
+// Serve accepts connections on ln until Close or until ln is closed,
+// handing each to the server instance its client network calls for. It
+// returns nil when it was stopped that way.
 func (s *Server) Serve(ln net.Listener) error {
+	// Registered under the lock that Close takes, so that Close either
+	// sees ln and closes it, or this Serve sees closed and never starts.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.lns[ln] = struct{}{}
+	s.serving.Add(1)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.lns, ln)
+		s.mu.Unlock()
+		s.serving.Done()
+	}()
 	tr, un, sec := newChanListener(ln), newChanListener(ln), newChanListener(ln)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.trusted.Serve(tr) })
 	wg.Go(func() { s.untrusted.Serve(un) })
 	wg.Go(func() { s.secure.Serve(sec) })
-	s.mu.Lock()
-	s.lns = append(s.lns, ln)
-	s.mu.Unlock()
 	var err error
 	var delay time.Duration
 	for {
@@ -194,14 +213,19 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
-// Close stops Serve and closes every connection; imapserver has no
-// graceful shutdown.
+// Close stops every Serve, waits for them to return and closes every
+// connection; imapserver has no graceful shutdown. imapserver's own Close
+// must not run while its Serve may still be starting (it waits on a
+// WaitGroup that Serve adds to without a lock), so it comes only after
+// every Serve here, and with it every imapserver Serve, has returned.
 func (s *Server) Close() error {
 	s.mu.Lock()
-	for _, ln := range s.lns {
+	s.closed = true
+	for ln := range s.lns {
 		ln.Close()
 	}
 	s.mu.Unlock()
+	s.serving.Wait()
 	return errors.Join(s.trusted.Close(), s.untrusted.Close(), s.secure.Close())
 }
 
