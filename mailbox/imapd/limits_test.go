@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/relaymail/relay/internal/connlimit"
 	"github.com/relaymail/relay/mailbox/imapd"
 )
 
@@ -356,4 +358,79 @@ func TestStartTLSRefusesOldVersions(t *testing.T) {
 	if err := tc.Handshake(); err == nil {
 		t.Fatalf("TLS %x handshake succeeded", tc.ConnectionState().Version)
 	}
+}
+
+// Past the connection limits a client is greeted with BYE [UNAVAILABLE]
+// (RFC 9051 §7.1.5, RFC 5530) and the connection closes; one limiter
+// counts the plain and the TLS listener together, and a slot is free
+// again as soon as a session ends.
+func TestConnectionLimit(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name         string
+		total, perIP int
+		want         string
+	}{
+		{"total", 3, 0, "* BYE [UNAVAILABLE] too many connections, try again later"},
+		{"per address", 0, 3, "* BYE [UNAVAILABLE] too many connections from your address, try again later"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srvTLS, cliTLS := selfSigned(t)
+			conns := connlimit.New(tc.total, tc.perIP)
+			ts := startServer(t, imapd.Config{Conns: conns})
+			// The IMAPS listener, sharing the limiter.
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// No trusted network: only a connection seen as TLS,
+			// under connlimit's wrapper, may log in.
+			tlsSrv := imapd.New(imapd.Config{Conns: conns, PlainAuthNets: []netip.Prefix{}}, ts.boxes)
+			served := make(chan error, 1)
+			go func() { served <- tlsSrv.Serve(tls.NewListener(ln, srvTLS)) }()
+			t.Cleanup(func() { tlsSrv.Close(); <-served })
+			dialTLS := func() net.Conn {
+				c, err := tls.Dial("tcp", ln.Addr().String(), cliTLS)
+				if err != nil {
+					t.Fatalf("IMAPS dial: %v", err)
+				}
+				t.Cleanup(func() { c.Close() })
+				return c
+			}
+
+			first := rawLogin(t, ts.addr)
+			dialRaw(t, ts.addr)
+			if rc := newRaw(t, dialTLS()); !strings.HasPrefix(rc.Hi, "* OK") || strings.Contains(rc.Hi, "LOGINDISABLED") {
+				t.Fatalf("third connection (IMAPS): %q, want OK with login allowed", rc.Hi)
+			}
+			for name, c := range map[string]net.Conn{"IMAP": dialPlain(t, ts.addr), "IMAPS": dialTLS()} {
+				got := expectBye(t, c, bufio.NewReader(c))
+				if got != tc.want+"\r\n" {
+					t.Errorf("%s connection past the limit: %q, want %q", name, got, tc.want)
+				}
+			}
+			// LOGOUT: the server closes the connection, and with it
+			// gives back its slot, before the client sees the end.
+			first.ok("LOGOUT")
+			first.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			if _, err := io.ReadAll(first.r); err != nil {
+				t.Fatalf("after LOGOUT: %v", err)
+			}
+			if rc := newRaw(t, dialTLS()); !strings.HasPrefix(rc.Hi, "* OK") {
+				t.Errorf("after a session ended, a new one is greeted %q", rc.Hi)
+			}
+		})
+	}
+}
+
+// dialPlain connects to addr without reading anything.
+func dialPlain(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

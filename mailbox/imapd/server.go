@@ -18,6 +18,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -27,6 +28,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 
+	"github.com/relaymail/relay/internal/connlimit"
 	"github.com/relaymail/relay/internal/diskspace"
 	"github.com/relaymail/relay/internal/metrics"
 	"github.com/relaymail/relay/internal/throttle"
@@ -55,6 +57,9 @@ type Config struct {
 	// FieldCacheBytes bounds the memory of the cache of header fields
 	// that SEARCH has been asked for (default 16 MiB; negative: no cache).
 	FieldCacheBytes int64
+	// Conns caps connections in total and per client address (IPv6 per
+	// /64); nil: no cap. One limiter may be shared by several listeners.
+	Conns *connlimit.Limiter
 }
 
 // Server serves IMAP on listeners.
@@ -164,6 +169,9 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		s.serving.Done()
 	}()
+	if s.cfg.Conns != nil {
+		ln = connlimit.Listen(ln, s.cfg.Conns, s.refuseConn)
+	}
 	tr, un, sec := newChanListener(ln), newChanListener(ln), newChanListener(ln)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.trusted.Serve(tr) })
@@ -189,7 +197,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			break
 		}
 		delay = 0
-		_, isTLS := c.(*tls.Conn)
+		isTLS := tlsUnder(c)
 		g := newGuard(c, s, isTLS)
 		g.secureLn = sec
 		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
@@ -227,6 +235,30 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.serving.Wait()
 	return errors.Join(s.trusted.Close(), s.untrusted.Close(), s.secure.Close())
+}
+
+// refuseConn answers a connection over a connection limit with the
+// greeting BYE (RFC 9051 §7.1.5) and the RFC 5530 code for "try later";
+// connlimit closes it after. On IMAPS the write performs the handshake
+// first, within the deadline connlimit gives the refusal.
+func (s *Server) refuseConn(c net.Conn, err error) {
+	s.cfg.Log.Info("imap connection refused", "client", c.RemoteAddr().String(), "reason", err.Error())
+	io.WriteString(c, "* BYE [UNAVAILABLE] "+err.Error()+", try again later\r\n")
+}
+
+// tlsUnder reports whether c, or a connection a wrapper such as
+// connlimit's holds, is TLS.
+func tlsUnder(c net.Conn) bool {
+	for {
+		if _, ok := c.(*tls.Conn); ok {
+			return true
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return false
+		}
+		c = u.NetConn()
+	}
 }
 
 // isTemporary reports accept errors worth retrying (EMFILE, ENFILE,
