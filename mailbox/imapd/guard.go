@@ -87,6 +87,7 @@ type guardConn struct {
 
 // inbound is the client side's framing state.
 type inbound struct {
+	tag      []byte // of the command being read
 	lineLen  int    // bytes of the current line so far
 	tail     []byte // its last bytes, to recognise a literal announcement
 	text     int    // command bytes outside literals
@@ -186,6 +187,7 @@ func (g *guardConn) commandStart() error {
 			line = buf[:len(line)+1]
 		}
 		tag := tagOf(line)
+		g.in.tag = append(g.in.tag[:0], tag[:min(len(tag), maxTag)]...)
 		switch {
 		case !complete && len(tag) >= maxTag:
 			return g.violate("tag too long")
@@ -251,6 +253,13 @@ func (g *guardConn) endLine() error {
 	if in.skipping && n > maxSkip {
 		return g.violate("refused literal too long")
 	}
+	if n > bufferedLiteral && !in.skipping && !g.authenticated.Load() {
+		// Before login only LOGIN and AUTHENTICATE take strings, and
+		// imapserver reads none over bufferedLiteral; for a synchronizing
+		// one it would wait 30 s for data it never asked for, holding
+		// the connection of a client that has not logged in.
+		return g.refuseCommand("TOOBIG", "literal too large before login")
+	}
 	in.litLeft, in.litNonSync = n, nonSync
 	g.mu.Lock()
 	in.litConts = g.conts
@@ -308,18 +317,34 @@ func (g *guardConn) commandFinished() error {
 // closes the connection; imapserver then sees the read fail.
 func (g *guardConn) violate(why string) error {
 	g.srv.cfg.Log.Warn("imap session ended", "client", g.ip, "reason", why)
-	g.bye("[LIMIT] " + why)
+	g.closeWith("* BYE [LIMIT] " + why + "\r\n")
 	return fmt.Errorf("%w: %s", errGuardClosed, why)
 }
 
-func (g *guardConn) bye(text string) {
+// refuseCommand ends the session over the command being read, which
+// imapserver has not seen the end of: BYE, then a tagged BAD with the
+// response code, so that the client waits for nothing (as after LOGOUT,
+// RFC 9051 §6.1.3, BYE comes before the tagged reply).
+func (g *guardConn) refuseCommand(code, why string) error {
+	g.srv.cfg.Log.Warn("imap session ended", "client", g.ip, "reason", why)
+	tag := "*"
+	if validTag(g.in.tag) {
+		tag = string(g.in.tag)
+	}
+	g.closeWith("* BYE [LIMIT] " + why + "\r\n" + tag + " BAD [" + code + "] " + why + "\r\n")
+	return fmt.Errorf("%w: %s", errGuardClosed, why)
+}
+
+// closeWith writes the last lines of a session, unless imapserver is in
+// the middle of a response, and closes the connection.
+func (g *guardConn) closeWith(lines string) {
 	g.mu.Lock()
 	g.closing = true
 	g.mu.Unlock()
 	g.wmu.Lock()
 	if g.out.lineLen == 0 && g.out.litLeft == 0 {
 		g.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		io.WriteString(g.Conn, "* BYE "+text+"\r\n")
+		io.WriteString(g.Conn, lines)
 	}
 	g.wmu.Unlock()
 	g.Conn.Close()

@@ -205,6 +205,46 @@ func TestLiteralFloodBeforeLogin(t *testing.T) {
 	}
 }
 
+// TestLargeLiteralBeforeLogin: before login no command takes a string
+// over 4096 bytes, and imapserver sat 30 s on a synchronizing literal it
+// did not ask for; the guard refuses one at once with BYE and a tagged
+// BAD [TOOBIG] and closes, whether or not the literal is synchronizing.
+// Literals within the bound still work.
+func TestLargeLiteralBeforeLogin(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, imapd.Config{})
+	for _, cmd := range []string{
+		"a LOGIN {1000000000}",
+		"a LOGIN " + testUser + " {4097}",
+		"a LOGIN {99999999999999999999999}",
+		"a LOGIN {5000+}",
+		"a SEARCH TEXT {4097}",
+	} {
+		c := dialPlain(t, ts.addr)
+		r := bufio.NewReader(c)
+		if g, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(g, "* OK") {
+			t.Fatalf("greeting: %q %v", g, err)
+		}
+		fmt.Fprintf(c, "%s\r\n", cmd)
+		// Long enough that imapserver's 30 s would show as a timeout.
+		c.SetReadDeadline(time.Now().Add(60 * time.Second))
+		got, err := io.ReadAll(r)
+		want := "* BYE [LIMIT] literal too large before login\r\na BAD [TOOBIG] literal too large before login\r\n"
+		if string(got) != want || err != nil {
+			t.Errorf("%s: %q %v, want %q and close", cmd, got, err, want)
+		}
+	}
+	rc := dialRaw(t, ts.addr)
+	rc.send(fmt.Sprintf("a LOGIN {%d}", len(testUser)))
+	if resp := rc.readResp(); !strings.HasPrefix(resp, "+") {
+		t.Fatalf("LOGIN {%d}: %q, want a continuation", len(testUser), resp)
+	}
+	rc.send(testUser + " " + testPass)
+	if _, st := rc.wait("a"); !strings.HasPrefix(st, "OK") {
+		t.Errorf("LOGIN with a literal user name: %q", st)
+	}
+}
+
 // TestRefusedNonSyncLiteralSkipped: the bytes of a non-synchronizing
 // literal that imapserver refuses unread (over 4096 bytes without
 // LITERAL+, RFC 7888 §4) are skipped, never run as commands.
