@@ -52,6 +52,9 @@ const (
 //     and when a command exceeds maxCommandText or maxCommandLiterals;
 //   - skips a non-synchronizing literal whose command the library refused
 //     without reading it, instead of letting its bytes run as commands;
+//   - turns imapserver's generic "NO [SERVERBUG] Internal server error",
+//     which it gives for arguments it cannot decode, into BAD [CLIENTBUG]
+//     (see clientFault);
 //   - performs STARTTLS itself, discarding whatever the client sent after
 //     the command before the handshake (the CVE-2011-0411 class of
 //     plain-text injection, RFC 9051 §6.2.1: nothing sent before TLS may
@@ -441,6 +444,9 @@ func (g *guardConn) Write(p []byte) (int, error) {
 		g.dropGreeting = false
 		p = p[i+1:]
 	}
+	if g.out.lineLen == 0 && g.out.litLeft == 0 {
+		p = clientFault(p)
+	}
 	tagged := g.scanOut(p)
 	if _, err := g.Conn.Write(p); err != nil {
 		return 0, err
@@ -451,6 +457,28 @@ func (g *guardConn) Write(p []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// libraryFault is imapserver's reply when a command fails with an error
+// that is neither an IMAP status nor a syntax error it recognises. The
+// session never returns such an error (serverError turns every failure
+// into an IMAP status with its own text), so this reply comes from
+// imapserver's decoding of the client's arguments: a mailbox name or LIST
+// pattern that is not modified UTF-7 (RFC 3501 §5.1.3), a sequence set or
+// date that does not parse, or a literal it refused. That is the client's
+// error (RFC 9051 §7.1: BAD), not a server fault.
+var libraryFault = []byte(" NO [SERVERBUG] Internal server error\r\n")
+
+const clientFaultText = " BAD [CLIENTBUG] invalid argument: a mailbox name or pattern that is not modified UTF-7, or a malformed sequence set, date or literal\r\n"
+
+// clientFault rewrites p when it is the tagged libraryFault reply, which
+// imapserver writes in one piece at the start of a line.
+func clientFault(p []byte) []byte {
+	tag, ok := bytes.CutSuffix(p, libraryFault)
+	if !ok || len(tag) == 0 || bytes.Equal(tag, []byte("*")) || bytes.ContainsAny(tag, " \r\n") {
+		return p
+	}
+	return append(tag[:len(tag):len(tag)], clientFaultText...)
 }
 
 // reply counts one tagged reply; the last of too many BADs in a row is
