@@ -716,3 +716,45 @@ func TestExpungeCloseUnselect(t *testing.T) {
 		t.Errorf("FETCH after CLOSE: %q, want BAD (nothing selected)", st)
 	}
 }
+
+// In a multipart/digest, a part that is an empty message ends where the
+// line ending before the next delimiter begins, which belongs to the
+// delimiter (RFC 2046 §5.1.1): the message in it is empty, and no
+// section of part 1 returns that line ending or anything else outside it.
+// Part 2, whose blank line is that line ending, has a cut header and no
+// body.
+func TestDigestEmptyParts(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, imapd.Config{})
+	msg := "Content-Type: multipart/digest; boundary=d\n\n--d\n\n\n--d\nX-Part: two\n\n--d--\n"
+	ts.deliver(t, []byte(msg))
+	c := ts.login(t, nil)
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		part []int
+		spec imap.PartSpecifier
+		want string
+	}{
+		{[]int{1}, imap.PartSpecifierNone, ""},
+		{[]int{1}, imap.PartSpecifierMIME, "\n"},
+		{[]int{1}, imap.PartSpecifierHeader, "\r\n"},
+		{[]int{1}, imap.PartSpecifierText, ""},
+		{[]int{2}, imap.PartSpecifierNone, ""},
+		{[]int{2}, imap.PartSpecifierMIME, "X-Part: two\n\r\n"},
+	} {
+		sec := &imap.FetchItemBodySection{Part: tc.part, Specifier: tc.spec, Peek: true}
+		if got := string(section(t, c, 1, sec)); got != tc.want {
+			t.Errorf("BODY[%v.%s] = %q, want %q", tc.part, tc.spec, got, tc.want)
+		}
+	}
+	bs := fetchOne(t, c, imap.SeqSetNum(1), &imap.FetchOptions{BodyStructure: &imap.FetchItemBodyStructure{Extended: true}}).BodyStructure
+	mp, ok := bs.(*imap.BodyStructureMultiPart)
+	if !ok || len(mp.Children) != 2 {
+		t.Fatalf("BODYSTRUCTURE %#v, want a multipart of two", bs)
+	}
+	if p, ok := mp.Children[0].(*imap.BodyStructureSinglePart); !ok || p.MediaType() != "message/rfc822" || p.Size != 0 {
+		t.Errorf("part 1: %#v, want an empty message/rfc822", mp.Children[0])
+	}
+}
