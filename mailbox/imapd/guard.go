@@ -104,6 +104,7 @@ type inbound struct {
 	litNonSync bool
 	litConts   int  // conts when the literal was announced
 	skipping   bool // discarding a refused command's remainder
+	cr         bool // the bytes handed on so far end in a CR
 }
 
 // outbound is the server side's framing state.
@@ -225,6 +226,15 @@ func (g *guardConn) lineData(buf []byte) (int, error) {
 		n = i + 1
 	}
 	seg := buf[:n]
+	if !in.skipping && bareCR(seg, in.cr) {
+		// RFC 9051 §9: outside a literal, CR comes only before LF.
+		// imapserver ends a line at a lone CR when it skips the rest
+		// of a failed command, and runs what follows as a command that
+		// the guard, ending lines at LF, never saw begin: a tag with
+		// "+", a STARTTLS, a count of BADs out of step.
+		return 0, g.end("CLIENTBUG", "CR without LF outside a literal")
+	}
+	in.cr = seg[n-1] == '\r'
 	in.lineLen += n
 	in.text += n
 	in.tail = keepTail(in.tail, seg, 32)
@@ -238,6 +248,26 @@ func (g *guardConn) lineData(buf []byte) (int, error) {
 		return n, g.endLine()
 	}
 	return n, nil
+}
+
+// bareCR reports a CR in seg that no LF follows; afterCR says the bytes
+// before seg ended in a CR. A CR at the end of seg is decided by the next
+// segment.
+func bareCR(seg []byte, afterCR bool) bool {
+	if afterCR && seg[0] != '\n' {
+		return true
+	}
+	for i := bytes.IndexByte(seg, '\r'); i >= 0 && i < len(seg)-1; {
+		if seg[i+1] != '\n' {
+			return true
+		}
+		j := bytes.IndexByte(seg[i+1:], '\r')
+		if j < 0 {
+			break
+		}
+		i += 1 + j
+	}
+	return false
 }
 
 // endLine runs at the end of a client line: a literal announcement opens a
@@ -316,11 +346,15 @@ func (g *guardConn) commandFinished() error {
 	return nil
 }
 
-// violate ends the session with an untagged BYE (RFC 9051 §7.1.5) and
-// closes the connection; imapserver then sees the read fail.
-func (g *guardConn) violate(why string) error {
+// violate ends the session over a limit.
+func (g *guardConn) violate(why string) error { return g.end("LIMIT", why) }
+
+// end ends the session with an untagged BYE (RFC 9051 §7.1.5) with the
+// RFC 5530 response code and closes the connection; imapserver then sees
+// the read fail.
+func (g *guardConn) end(code, why string) error {
 	g.srv.cfg.Log.Warn("imap session ended", "client", g.ip, "reason", why)
-	g.closeWith("* BYE [LIMIT] " + why + "\r\n")
+	g.closeWith("* BYE [" + code + "] " + why + "\r\n")
 	return fmt.Errorf("%w: %s", errGuardClosed, why)
 }
 

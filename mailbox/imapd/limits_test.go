@@ -245,6 +245,43 @@ func TestLargeLiteralBeforeLogin(t *testing.T) {
 	}
 }
 
+// TestBareCR: outside a literal a CR comes only before LF (RFC 9051 §9).
+// imapserver ended a line at a lone CR after a failed command and ran the
+// rest as a new command, which the guard never saw begin: here a reply
+// tagged "+00", which reads as a continuation request. A lone CR ends the
+// session; inside a literal it is data.
+func TestBareCR(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, imapd.Config{})
+	for _, in := range []string{
+		"a LOGIN " + testUser + " " + testPass + "\r\nx0 FROBNICATE\r+00 NOOP\r\n",
+		"a NOOP\rb NOOP\r\n",
+		"a LOGIN " + testUser + "\r" + testPass + "\r\n",
+		"a NOOP\r\r\n",
+	} {
+		c := dialPlain(t, ts.addr)
+		r := bufio.NewReader(c)
+		c.Write([]byte(in))
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		got, err := io.ReadAll(r)
+		if err != nil || !strings.HasSuffix(string(got), "* BYE [CLIENTBUG] CR without LF outside a literal\r\n") {
+			t.Errorf("%q: %q %v, want BYE [CLIENTBUG] and close", in, got, err)
+		}
+		if strings.Contains(string(got), "\r\n+00") || strings.Contains(string(got), "b OK") {
+			t.Errorf("%q: what follows the lone CR ran as a command: %q", in, got)
+		}
+	}
+	rc := rawLogin(t, ts.addr)
+	body := "Subject: cr\r\n\r\nx\ry\r"
+	if _, st := rc.appendLit("INBOX", "", []byte(body)); !strings.HasPrefix(st, "OK") {
+		t.Fatalf("APPEND of a message with lone CRs: %q", st)
+	}
+	rc.ok("SELECT INBOX")
+	if u := rc.ok("FETCH 1 (BODY.PEEK[])"); len(u) != 1 || !strings.HasSuffix(u[0], body+")") {
+		t.Errorf("FETCH of the message with lone CRs: %q", u)
+	}
+}
+
 // TestRefusedNonSyncLiteralSkipped: the bytes of a non-synchronizing
 // literal that imapserver refuses unread (over 4096 bytes without
 // LITERAL+, RFC 7888 §4) are skipped, never run as commands.

@@ -75,6 +75,9 @@ type Server struct {
 	// (login allowed, no STARTTLS).
 	trusted, untrusted, secure *imapserver.Server
 	fields                     *fieldCache
+	// authenticate checks a login: the store's Authenticate, whose
+	// bcrypt the fuzzer replaces (export_test.go).
+	authenticate func(user, password string) (string, error)
 
 	mu      sync.Mutex
 	lns     map[net.Listener]struct{}
@@ -99,7 +102,8 @@ func New(cfg Config, boxes *mailbox.Store) *Server {
 	if cfg.FieldCacheBytes == 0 {
 		cfg.FieldCacheBytes = defaultFieldCacheBytes
 	}
-	s := &Server{cfg: cfg, boxes: boxes, fields: newFieldCache(cfg.FieldCacheBytes), lns: map[net.Listener]struct{}{}}
+	s := &Server{cfg: cfg, boxes: boxes, fields: newFieldCache(cfg.FieldCacheBytes), lns: map[net.Listener]struct{}{},
+		authenticate: boxes.Authenticate}
 	// IMAP4rev2 brings NAMESPACE, UIDPLUS, ESEARCH, SEARCHRES,
 	// LIST-EXTENDED, LIST-STATUS, MOVE, STATUS=SIZE and CHILDREN to
 	// IMAP4rev1 clients too.

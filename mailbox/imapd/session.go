@@ -140,7 +140,7 @@ func (s *session) Login(username, password string) error {
 			return errLoginBlocked
 		}
 	}
-	user, err := s.srv.boxes.Authenticate(username, password)
+	user, err := s.srv.authenticate(username, password)
 	if err != nil && !errors.Is(err, mailbox.ErrAuth) {
 		// The store could not be asked: not the client's fault, and
 		// no failure counted against it.
