@@ -107,7 +107,7 @@ func selfSigned(t testing.TB) (server, client *tls.Config) {
 // is loopback on Linux).
 func dialFrom(t *testing.T, ip, addr string) net.Conn {
 	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: ioWait}
 	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Skipf("cannot dial from %s: %v", ip, err)

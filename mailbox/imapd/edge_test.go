@@ -214,8 +214,9 @@ func TestConcurrentSessions(t *testing.T) {
 			}
 		})
 	}
+	// Every change has committed and been published to the idler's
+	// subscription; IDLE or the NOOP after it reports what is left.
 	wg.Wait()
-	time.Sleep(200 * time.Millisecond)
 	if err := idle.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -41,10 +41,10 @@ func readUntilTag(t *testing.T, rc *rawConn, tag string) []string {
 // it sent; it fails unless an untagged BYE came last.
 func expectBye(t *testing.T, c net.Conn, r *bufio.Reader) string {
 	t.Helper()
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	c.SetReadDeadline(time.Now().Add(ioWait))
 	b, err := io.ReadAll(r)
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
-		t.Fatalf("connection still open 10 s later; got %q", b)
+		t.Fatalf("connection still open %v later; got %q", ioWait, b)
 	}
 	lines := strings.Split(strings.TrimSuffix(string(b), "\r\n"), "\r\n")
 	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "* BYE") {
@@ -72,7 +72,7 @@ func TestStartTLSDiscardsPipelinedPlainText(t *testing.T) {
 		t.Fatalf("plain text after the STARTTLS reply: %d bytes", rc.r.Buffered())
 	}
 	tc := tls.Client(rc.c, cliTLS)
-	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	tc.SetDeadline(time.Now().Add(ioWait))
 	if err := tc.Handshake(); err != nil {
 		t.Fatalf("TLS handshake after a pipelined command: %v", err)
 	}
@@ -105,16 +105,22 @@ func TestStartTLSDiscardsPipelinedPlainText(t *testing.T) {
 // handshake, bad commands still end the session.
 func TestStartTLSSplitAcrossPackets(t *testing.T) {
 	t.Parallel()
-	ts, cliTLS := tlsServer(t)
-	rc := dialRaw(t, ts.addr)
+	srvTLS, cliTLS := selfSigned(t)
+	ts := startServer(t, imapd.Config{})
+	addr, read := ts.serveCounting(t, imapd.Config{TLS: srvTLS})
+	rc := dialRaw(t, addr)
+	greeted := read.Load()
 	rc.c.Write([]byte("a STAR"))
-	time.Sleep(50 * time.Millisecond)
+	// The server has the first piece before the rest is sent.
+	if !waitFor(ioWait, func() bool { return read.Load() == greeted+6 }) {
+		t.Fatalf("the server read %d bytes of the first piece, want 6", read.Load()-greeted)
+	}
 	rc.c.Write([]byte("TTLS\r\n"))
 	if resp := rc.readResp(); !strings.HasPrefix(resp, "a OK") {
 		t.Fatalf("STARTTLS: %q", resp)
 	}
 	tc := tls.Client(rc.c, cliTLS)
-	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	tc.SetDeadline(time.Now().Add(ioWait))
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
@@ -431,7 +437,7 @@ func TestStartTLSRefusesOldVersions(t *testing.T) {
 	old := cliTLS.Clone()
 	old.MinVersion, old.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
 	tc := tls.Client(rc.c, old)
-	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	tc.SetDeadline(time.Now().Add(ioWait))
 	if err := tc.Handshake(); err == nil {
 		t.Fatalf("TLS %x handshake succeeded", tc.ConnectionState().Version)
 	}
