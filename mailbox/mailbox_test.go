@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,15 +19,6 @@ import (
 	"github.com/relaymail/relay/mailbox"
 	"github.com/relaymail/relay/spool"
 )
-
-// knownBug skips a test that demonstrates a reported bug in the code under
-// test, unless RELAY_KNOWN_BUGS=1.
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("RELAY_KNOWN_BUGS") != "1" {
-		t.Skipf("known bug (set RELAY_KNOWN_BUGS=1 to run): %s", what)
-	}
-}
 
 // fakeClock is a settable clock safe for concurrent use.
 type fakeClock struct {
@@ -782,23 +772,13 @@ func TestAppend(t *testing.T) {
 // (conflicts are retried) with distinct UIDs and no gaps.
 func TestAppendConcurrent(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		writers int
-		bug     string
-	}{
-		{8, ""},
-		{16, ""},
-		{40, ""},
-	} {
-		t.Run(fmt.Sprint(tc.writers), func(t *testing.T) {
+	for _, writers := range []int{8, 16, 40} {
+		t.Run(fmt.Sprint(writers), func(t *testing.T) {
 			t.Parallel()
-			if tc.bug != "" {
-				knownBug(t, tc.bug)
-			}
 			s, _, _ := openStore(t)
 			const u = "kim@example.test"
 			addUser(t, s, u)
-			n := tc.writers
+			n := writers
 			var wg sync.WaitGroup
 			uids := make(chan uint32, n)
 			start := make(chan struct{})
@@ -911,7 +891,7 @@ func TestWatchNotify(t *testing.T) {
 	s.Notify(u)
 	select {
 	case <-ch:
-	case <-time.After(5 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("no signal after Notify")
 	}
 	// Signals coalesce: many changes, one pending signal.
@@ -930,7 +910,7 @@ func TestWatchNotify(t *testing.T) {
 	}
 	select {
 	case <-ch:
-	case <-time.After(5 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("no signal after Append")
 	}
 	select {
@@ -939,12 +919,21 @@ func TestWatchNotify(t *testing.T) {
 	default:
 	}
 
+	// Notify signals synchronously: once a watcher that stays has its
+	// signal, one that was stopped would have had its own.
+	stays, stopStays := s.Watch(u)
+	defer stopStays()
 	stop()
 	s.Notify(u)
 	select {
+	case <-stays:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no signal after Notify")
+	}
+	select {
 	case <-ch:
 		t.Error("signal after the watch was stopped")
-	case <-time.After(50 * time.Millisecond):
+	default:
 	}
 	stop() // stopping twice is harmless
 }
@@ -989,19 +978,17 @@ func TestLargeBody(t *testing.T) {
 // TestDeleteUserRacesDelivery: a delivery that commits while DeleteUser runs
 // must either land before the delete (and be removed with the account) or
 // fail; it must never leave a message record and a blob reference behind.
-// Today Store.DeleteUser purges the mailboxes in earlier transactions and
-// then deletes the mailbox and account records in a last one that reads
-// neither, so a delivery committed between the two is not a conflict: its
-// m/x/ record and its blob (refcount never dropped) are orphaned for good.
 func TestDeleteUserRacesDelivery(t *testing.T) {
 	t.Parallel()
 	s, db, _ := openStore(t)
 	const u = "race@example.test"
 	for i := range 20 {
 		addUser(t, s, u)
-		stop := make(chan struct{})
+		stop, delivered := make(chan struct{}), make(chan struct{})
+		var once sync.Once
 		var wg sync.WaitGroup
 		wg.Go(func() {
+			defer once.Do(func() { close(delivered) })
 			for {
 				select {
 				case <-stop:
@@ -1013,9 +1000,11 @@ func TestDeleteUserRacesDelivery(t *testing.T) {
 					t.Errorf("deliver: %v", err)
 					return
 				}
+				once.Do(func() { close(delivered) })
 			}
 		})
-		time.Sleep(2 * time.Millisecond)
+		// Deliveries are under way when DeleteUser starts.
+		<-delivered
 		err := s.DeleteUser(u, true)
 		close(stop)
 		wg.Wait()

@@ -58,8 +58,12 @@ type Server struct {
 	listeners map[string]net.Addr
 	// authThrottle is shared by every listener, so a guesser cannot reset
 	// its delay by switching ports; so are the SMTP limits.
-	authThrottle     *throttle.Throttle
-	smtpConns        *connlimit.Limiter
+	authThrottle *throttle.Throttle
+	smtpConns    *connlimit.Limiter
+	// imapConns caps IMAP and IMAPS together, apart from SMTP, from the
+	// same max-connections settings: a flood of IMAP connections must not
+	// lock out mail senders, nor the reverse.
+	imapConns        *connlimit.Limiter
 	ipRate, userRate *ratelimit.Keyed
 }
 
@@ -120,6 +124,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	s.spool.SetMailLog(log)
 	s.metrics = metrics.New(s.queueStats)
 	s.smtpConns = connlimit.New(cfg.MaxConnections, cfg.MaxConnectionsPerIP)
+	s.imapConns = connlimit.New(cfg.MaxConnections, cfg.MaxConnectionsPerIP)
 	s.ipRate = ratelimit.New(cfg.IPMessageRate, 0)
 	s.userRate = ratelimit.New(cfg.UserMessageRate, 0)
 	s.spool.OnEvent(s.countEvent)
@@ -257,6 +262,7 @@ func (s *Server) listen() error {
 			Log:         s.log.With("listener", l.name),
 			Metrics:     s.metrics,
 			Space:       s.disk,
+			Conns:       s.imapConns,
 		}, s.boxes)
 		s.imaps = append(s.imaps, imapListener{l.name, srv, ln})
 	}

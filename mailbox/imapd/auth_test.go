@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -105,7 +107,7 @@ func selfSigned(t testing.TB) (server, client *tls.Config) {
 // is loopback on Linux).
 func dialFrom(t *testing.T, ip, addr string) net.Conn {
 	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: ioWait}
 	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Skipf("cannot dial from %s: %v", ip, err)
@@ -301,36 +303,29 @@ func TestServeSurvivesTemporaryAcceptError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fl := &flakyListener{Listener: ln, fails: 1}
+	fl := &flakyListener{Listener: ln, fails: 1, failed: make(chan struct{})}
 	srv := imapd.New(imapd.Config{}, ts.boxes)
-	done := make(chan struct{})
-	var serveErr error
-	go func() { serveErr = srv.Serve(fl); close(done) }()
-	t.Cleanup(func() { ln.Close(); <-done; srv.Close() })
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(fl) }()
+	t.Cleanup(func() { srv.Close(); <-done })
 
-	select {
-	case <-done:
-		err := serveErr
-		skipBug(t, "imapd.Server.Serve (server.go, the Accept loop) returns on a temporary Accept error ("+
-			errString(err)+"); imapserver and net/http retry with backoff")
-		t.Fatalf("Serve returned %v after one temporary Accept error", err)
-	case <-time.After(300 * time.Millisecond):
-	}
-	c, err := imapclient.DialInsecure(ln.Addr().String(), nil)
+	<-fl.failed
+	// Serve has had its temporary error; if it returned on it, nobody
+	// accepts the connection below and it gets no greeting.
+	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	if err := c.Login(testUser, testPass).Wait(); err != nil {
-		t.Fatalf("LOGIN after a temporary accept error: %v", err)
+	rc := newRaw(t, c)
+	if !strings.HasPrefix(rc.Hi, "* OK") {
+		t.Fatalf("greeting after a temporary accept error: %q", rc.Hi)
 	}
-}
-
-func errString(err error) string {
-	if err == nil {
-		return "nil"
+	rc.ok("LOGIN " + testUser + " " + testPass)
+	select {
+	case err := <-done:
+		t.Fatalf("Serve returned %v after one temporary Accept error", err)
+	default:
 	}
-	return err.Error()
 }
 
 type tempErr struct{}
@@ -341,16 +336,22 @@ func (tempErr) Temporary() bool { return true }
 
 var _ net.Error = tempErr{}
 
+// flakyListener fails its first fails Accepts with a temporary error and
+// closes failed after the last of them.
 type flakyListener struct {
 	net.Listener
-	mu    sync.Mutex
-	fails int
+	mu     sync.Mutex
+	fails  int
+	failed chan struct{}
 }
 
 func (l *flakyListener) Accept() (net.Conn, error) {
 	l.mu.Lock()
 	if l.fails > 0 {
 		l.fails--
+		if l.fails == 0 {
+			close(l.failed)
+		}
 		l.mu.Unlock()
 		return nil, tempErr{}
 	}
@@ -360,15 +361,9 @@ func (l *flakyListener) Accept() (net.Conn, error) {
 
 // Serve's doc says it accepts "until Close"; after Close it must return,
 // as net/http's and imapserver's Serve do, without the caller having to
-// close the listener too.
+// close the listener too, and the sessions it started are closed.
 func TestCloseWhileServing(t *testing.T) {
-	if !runBugs {
-		// Not run at all: under -race the second half of the bug is a
-		// data race report that fails the whole package.
-		t.Skip("BUG: imapd.Server.Close (server.go) leaves Serve blocked in ln.Accept until the caller closes ln; " +
-			"and imapserver.Server.Close racing with imapserver.Serve's listenerWaitGroup.Add is reported by -race " +
-			"(RELAY_KNOWN_BUGS=1 makes this fail)")
-	}
+	t.Parallel()
 	ts := startServer(t, imapd.Config{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -378,14 +373,49 @@ func TestCloseWhileServing(t *testing.T) {
 	srv := imapd.New(imapd.Config{}, ts.boxes)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
-	time.Sleep(50 * time.Millisecond)
-	srv.Close()
+	rc := rawLogin(t, ln.Addr().String()) // Serve is running
+	if err := srv.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
 	select {
 	case err := <-done:
 		if err != nil {
 			t.Errorf("Serve after Close: %v, want nil", err)
 		}
-	case <-time.After(2 * time.Second):
-		t.Errorf("Serve still running 2 s after Close")
+	case <-time.After(30 * time.Second):
+		t.Fatal("Serve still running 30 s after Close")
+	}
+	rc.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if b, err := io.ReadAll(rc.r); err != nil {
+		t.Errorf("session after Close: %v (read %q), want it closed", err, b)
+	}
+	if err := srv.Serve(ln); !errors.Is(err, imapd.ErrServerClosed) {
+		t.Errorf("Serve after Close: %v, want ErrServerClosed", err)
+	}
+}
+
+// Close racing with Serve's start: Close waits for Serve, which returns,
+// and the race detector sees no unsynchronised use of imapserver's state.
+func TestCloseRacingServe(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, imapd.Config{})
+	for range 20 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := imapd.New(imapd.Config{}, ts.boxes)
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(ln) }()
+		srv.Close()
+		select {
+		case err := <-done:
+			if err != nil && !errors.Is(err, imapd.ErrServerClosed) {
+				t.Errorf("Serve: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Serve still running 30 s after Close")
+		}
+		ln.Close()
 	}
 }

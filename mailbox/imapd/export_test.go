@@ -12,3 +12,10 @@ func (s *Server) FieldCacheValues() int {
 	}
 	return n
 }
+
+// SetAuthenticate replaces the password check: a fuzzer that sends a
+// thousand inputs a second cannot wait for bcrypt, least of all for the
+// default-cost comparison that a wrong user name costs.
+func (s *Server) SetAuthenticate(fn func(user, password string) (string, error)) {
+	s.authenticate = fn
+}

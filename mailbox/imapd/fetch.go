@@ -196,7 +196,7 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 			continue
 		}
 		if err := s.fetchOne(w.CreateMessage(seq), m, options, setSeen); err != nil {
-			return err
+			return serverError(err)
 		}
 	}
 	return nil

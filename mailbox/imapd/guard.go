@@ -52,6 +52,9 @@ const (
 //     and when a command exceeds maxCommandText or maxCommandLiterals;
 //   - skips a non-synchronizing literal whose command the library refused
 //     without reading it, instead of letting its bytes run as commands;
+//   - turns imapserver's generic "NO [SERVERBUG] Internal server error",
+//     which it gives for arguments it cannot decode, into BAD [CLIENTBUG]
+//     (see clientFault);
 //   - performs STARTTLS itself, discarding whatever the client sent after
 //     the command before the handshake (the CVE-2011-0411 class of
 //     plain-text injection, RFC 9051 §6.2.1: nothing sent before TLS may
@@ -87,6 +90,7 @@ type guardConn struct {
 
 // inbound is the client side's framing state.
 type inbound struct {
+	tag      []byte // of the command being read
 	lineLen  int    // bytes of the current line so far
 	tail     []byte // its last bytes, to recognise a literal announcement
 	text     int    // command bytes outside literals
@@ -100,6 +104,7 @@ type inbound struct {
 	litNonSync bool
 	litConts   int  // conts when the literal was announced
 	skipping   bool // discarding a refused command's remainder
+	cr         bool // the bytes handed on so far end in a CR
 }
 
 // outbound is the server side's framing state.
@@ -186,6 +191,7 @@ func (g *guardConn) commandStart() error {
 			line = buf[:len(line)+1]
 		}
 		tag := tagOf(line)
+		g.in.tag = append(g.in.tag[:0], tag[:min(len(tag), maxTag)]...)
 		switch {
 		case !complete && len(tag) >= maxTag:
 			return g.violate("tag too long")
@@ -220,6 +226,15 @@ func (g *guardConn) lineData(buf []byte) (int, error) {
 		n = i + 1
 	}
 	seg := buf[:n]
+	if !in.skipping && bareCR(seg, in.cr) {
+		// RFC 9051 §9: outside a literal, CR comes only before LF.
+		// imapserver ends a line at a lone CR when it skips the rest
+		// of a failed command, and runs what follows as a command that
+		// the guard, ending lines at LF, never saw begin: a tag with
+		// "+", a STARTTLS, a count of BADs out of step.
+		return 0, g.end("CLIENTBUG", "CR without LF outside a literal")
+	}
+	in.cr = seg[n-1] == '\r'
 	in.lineLen += n
 	in.text += n
 	in.tail = keepTail(in.tail, seg, 32)
@@ -233,6 +248,26 @@ func (g *guardConn) lineData(buf []byte) (int, error) {
 		return n, g.endLine()
 	}
 	return n, nil
+}
+
+// bareCR reports a CR in seg that no LF follows; afterCR says the bytes
+// before seg ended in a CR. A CR at the end of seg is decided by the next
+// segment.
+func bareCR(seg []byte, afterCR bool) bool {
+	if afterCR && seg[0] != '\n' {
+		return true
+	}
+	for i := bytes.IndexByte(seg, '\r'); i >= 0 && i < len(seg)-1; {
+		if seg[i+1] != '\n' {
+			return true
+		}
+		j := bytes.IndexByte(seg[i+1:], '\r')
+		if j < 0 {
+			break
+		}
+		i += 1 + j
+	}
+	return false
 }
 
 // endLine runs at the end of a client line: a literal announcement opens a
@@ -250,6 +285,13 @@ func (g *guardConn) endLine() error {
 	}
 	if in.skipping && n > maxSkip {
 		return g.violate("refused literal too long")
+	}
+	if n > bufferedLiteral && !in.skipping && !g.authenticated.Load() {
+		// Before login only LOGIN and AUTHENTICATE take strings, and
+		// imapserver reads none over bufferedLiteral; for a synchronizing
+		// one it would wait 30 s for data it never asked for, holding
+		// the connection of a client that has not logged in.
+		return g.refuseCommand("TOOBIG", "literal too large before login")
 	}
 	in.litLeft, in.litNonSync = n, nonSync
 	g.mu.Lock()
@@ -304,22 +346,42 @@ func (g *guardConn) commandFinished() error {
 	return nil
 }
 
-// violate ends the session with an untagged BYE (RFC 9051 §7.1.5) and
-// closes the connection; imapserver then sees the read fail.
-func (g *guardConn) violate(why string) error {
+// violate ends the session over a limit.
+func (g *guardConn) violate(why string) error { return g.end("LIMIT", why) }
+
+// end ends the session with an untagged BYE (RFC 9051 §7.1.5) with the
+// RFC 5530 response code and closes the connection; imapserver then sees
+// the read fail.
+func (g *guardConn) end(code, why string) error {
 	g.srv.cfg.Log.Warn("imap session ended", "client", g.ip, "reason", why)
-	g.bye("[LIMIT] " + why)
+	g.closeWith("* BYE [" + code + "] " + why + "\r\n")
 	return fmt.Errorf("%w: %s", errGuardClosed, why)
 }
 
-func (g *guardConn) bye(text string) {
+// refuseCommand ends the session over the command being read, which
+// imapserver has not seen the end of: BYE, then a tagged BAD with the
+// response code, so that the client waits for nothing (as after LOGOUT,
+// RFC 9051 §6.1.3, BYE comes before the tagged reply).
+func (g *guardConn) refuseCommand(code, why string) error {
+	g.srv.cfg.Log.Warn("imap session ended", "client", g.ip, "reason", why)
+	tag := "*"
+	if validTag(g.in.tag) {
+		tag = string(g.in.tag)
+	}
+	g.closeWith("* BYE [LIMIT] " + why + "\r\n" + tag + " BAD [" + code + "] " + why + "\r\n")
+	return fmt.Errorf("%w: %s", errGuardClosed, why)
+}
+
+// closeWith writes the last lines of a session, unless imapserver is in
+// the middle of a response, and closes the connection.
+func (g *guardConn) closeWith(lines string) {
 	g.mu.Lock()
 	g.closing = true
 	g.mu.Unlock()
 	g.wmu.Lock()
 	if g.out.lineLen == 0 && g.out.litLeft == 0 {
 		g.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		io.WriteString(g.Conn, "* BYE "+text+"\r\n")
+		io.WriteString(g.Conn, lines)
 	}
 	g.wmu.Unlock()
 	g.Conn.Close()
@@ -416,6 +478,9 @@ func (g *guardConn) Write(p []byte) (int, error) {
 		g.dropGreeting = false
 		p = p[i+1:]
 	}
+	if g.out.lineLen == 0 && g.out.litLeft == 0 {
+		p = clientFault(p)
+	}
 	tagged := g.scanOut(p)
 	if _, err := g.Conn.Write(p); err != nil {
 		return 0, err
@@ -426,6 +491,28 @@ func (g *guardConn) Write(p []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// libraryFault is imapserver's reply when a command fails with an error
+// that is neither an IMAP status nor a syntax error it recognises. The
+// session never returns such an error (serverError turns every failure
+// into an IMAP status with its own text), so this reply comes from
+// imapserver's decoding of the client's arguments: a mailbox name or LIST
+// pattern that is not modified UTF-7 (RFC 3501 §5.1.3), a sequence set or
+// date that does not parse, or a literal it refused. That is the client's
+// error (RFC 9051 §7.1: BAD), not a server fault.
+var libraryFault = []byte(" NO [SERVERBUG] Internal server error\r\n")
+
+const clientFaultText = " BAD [CLIENTBUG] invalid argument: a mailbox name or pattern that is not modified UTF-7, or a malformed sequence set, date or literal\r\n"
+
+// clientFault rewrites p when it is the tagged libraryFault reply, which
+// imapserver writes in one piece at the start of a line.
+func clientFault(p []byte) []byte {
+	tag, ok := bytes.CutSuffix(p, libraryFault)
+	if !ok || len(tag) == 0 || bytes.Equal(tag, []byte("*")) || bytes.ContainsAny(tag, " \r\n") {
+		return p
+	}
+	return append(tag[:len(tag):len(tag)], clientFaultText...)
 }
 
 // reply counts one tagged reply; the last of too many BADs in a row is

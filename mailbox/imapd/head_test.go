@@ -1,8 +1,10 @@
 package imapd_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -94,6 +96,38 @@ func TestStoredHeaderSameAnswers(t *testing.T) {
 	for i, want := range map[int]string{3: "SEARCH 6 7 11", 4: "SEARCH 10", 8: "SEARCH 9", 9: "SEARCH 9", 11: "SEARCH 9"} {
 		if !strings.Contains(stored[i], want) {
 			t.Errorf("%s = %q, want %q", cmds[i], stored[i], want)
+		}
+	}
+}
+
+// A field after 60 KiB of header, more than the store keeps apart, is
+// found by BODY[HEADER.FIELDS], ENVELOPE and SEARCH HEADER (the first
+// search of a field, the one that fills the field cache and one answered
+// from it), in a small message and in one read from the store in pieces.
+func TestFieldAfterLongHeader(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, imapd.Config{})
+	var head strings.Builder
+	head.WriteString("From: a@example.net\r\n")
+	for i := 0; head.Len() < 60<<10; i++ {
+		fmt.Fprintf(&head, "X-Filler-%d: %s\r\n", i, strings.Repeat("f", 60))
+	}
+	head.WriteString("Subject: late subject\r\nX-Late: v\r\n\r\n")
+	ts.deliver(t, []byte(head.String()+"body\r\n"))
+	if _, _, err := ts.boxes.Append(testUser, "INBOX", strings.NewReader(head.String()+strings.Repeat("body\r\n", 100<<10)), time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	rc := rawLogin(t, ts.addr)
+	rc.ok("EXAMINE INBOX")
+	for _, uid := range []int{1, 2} {
+		u := rc.ok(fmt.Sprintf("UID FETCH %d (BODY.PEEK[HEADER.FIELDS (X-Late)] ENVELOPE)", uid))
+		if len(find(u, "X-Late: v\r\n\r\n", `"late subject"`)) != 1 {
+			t.Errorf("UID %d: FETCH HEADER.FIELDS (X-Late) ENVELOPE: %.300q", uid, u)
+		}
+	}
+	for i := range 3 {
+		if got := searchLine(t, rc, "UID SEARCH HEADER X-Late v"); got != "1 2" {
+			t.Errorf("SEARCH HEADER X-Late v, time %d: %q, want 1 2", i+1, got)
 		}
 	}
 }

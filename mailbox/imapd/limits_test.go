@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/relaymail/relay/internal/connlimit"
 	"github.com/relaymail/relay/mailbox/imapd"
 )
 
@@ -39,10 +41,10 @@ func readUntilTag(t *testing.T, rc *rawConn, tag string) []string {
 // it sent; it fails unless an untagged BYE came last.
 func expectBye(t *testing.T, c net.Conn, r *bufio.Reader) string {
 	t.Helper()
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	c.SetReadDeadline(time.Now().Add(ioWait))
 	b, err := io.ReadAll(r)
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
-		t.Fatalf("connection still open 10 s later; got %q", b)
+		t.Fatalf("connection still open %v later; got %q", ioWait, b)
 	}
 	lines := strings.Split(strings.TrimSuffix(string(b), "\r\n"), "\r\n")
 	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "* BYE") {
@@ -70,7 +72,7 @@ func TestStartTLSDiscardsPipelinedPlainText(t *testing.T) {
 		t.Fatalf("plain text after the STARTTLS reply: %d bytes", rc.r.Buffered())
 	}
 	tc := tls.Client(rc.c, cliTLS)
-	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	tc.SetDeadline(time.Now().Add(ioWait))
 	if err := tc.Handshake(); err != nil {
 		t.Fatalf("TLS handshake after a pipelined command: %v", err)
 	}
@@ -103,16 +105,22 @@ func TestStartTLSDiscardsPipelinedPlainText(t *testing.T) {
 // handshake, bad commands still end the session.
 func TestStartTLSSplitAcrossPackets(t *testing.T) {
 	t.Parallel()
-	ts, cliTLS := tlsServer(t)
-	rc := dialRaw(t, ts.addr)
+	srvTLS, cliTLS := selfSigned(t)
+	ts := startServer(t, imapd.Config{})
+	addr, read := ts.serveCounting(t, imapd.Config{TLS: srvTLS})
+	rc := dialRaw(t, addr)
+	greeted := read.Load()
 	rc.c.Write([]byte("a STAR"))
-	time.Sleep(50 * time.Millisecond)
+	// The server has the first piece before the rest is sent.
+	if !waitFor(ioWait, func() bool { return read.Load() == greeted+6 }) {
+		t.Fatalf("the server read %d bytes of the first piece, want 6", read.Load()-greeted)
+	}
 	rc.c.Write([]byte("TTLS\r\n"))
 	if resp := rc.readResp(); !strings.HasPrefix(resp, "a OK") {
 		t.Fatalf("STARTTLS: %q", resp)
 	}
 	tc := tls.Client(rc.c, cliTLS)
-	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	tc.SetDeadline(time.Now().Add(ioWait))
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
@@ -200,6 +208,83 @@ func TestLiteralFloodBeforeLogin(t *testing.T) {
 	out := expectBye(t, rc.c, rc.r)
 	if !strings.Contains(out, "[LIMIT]") {
 		t.Errorf("BYE without [LIMIT]: %q", out)
+	}
+}
+
+// TestLargeLiteralBeforeLogin: before login no command takes a string
+// over 4096 bytes, and imapserver sat 30 s on a synchronizing literal it
+// did not ask for; the guard refuses one at once with BYE and a tagged
+// BAD [TOOBIG] and closes, whether or not the literal is synchronizing.
+// Literals within the bound still work.
+func TestLargeLiteralBeforeLogin(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, imapd.Config{})
+	for _, cmd := range []string{
+		"a LOGIN {1000000000}",
+		"a LOGIN " + testUser + " {4097}",
+		"a LOGIN {99999999999999999999999}",
+		"a LOGIN {5000+}",
+		"a SEARCH TEXT {4097}",
+	} {
+		c := dialPlain(t, ts.addr)
+		r := bufio.NewReader(c)
+		if g, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(g, "* OK") {
+			t.Fatalf("greeting: %q %v", g, err)
+		}
+		fmt.Fprintf(c, "%s\r\n", cmd)
+		// Long enough that imapserver's 30 s would show as a timeout.
+		c.SetReadDeadline(time.Now().Add(60 * time.Second))
+		got, err := io.ReadAll(r)
+		want := "* BYE [LIMIT] literal too large before login\r\na BAD [TOOBIG] literal too large before login\r\n"
+		if string(got) != want || err != nil {
+			t.Errorf("%s: %q %v, want %q and close", cmd, got, err, want)
+		}
+	}
+	rc := dialRaw(t, ts.addr)
+	rc.send(fmt.Sprintf("a LOGIN {%d}", len(testUser)))
+	if resp := rc.readResp(); !strings.HasPrefix(resp, "+") {
+		t.Fatalf("LOGIN {%d}: %q, want a continuation", len(testUser), resp)
+	}
+	rc.send(testUser + " " + testPass)
+	if _, st := rc.wait("a"); !strings.HasPrefix(st, "OK") {
+		t.Errorf("LOGIN with a literal user name: %q", st)
+	}
+}
+
+// TestBareCR: outside a literal a CR comes only before LF (RFC 9051 §9).
+// imapserver ended a line at a lone CR after a failed command and ran the
+// rest as a new command, which the guard never saw begin: here a reply
+// tagged "+00", which reads as a continuation request. A lone CR ends the
+// session; inside a literal it is data.
+func TestBareCR(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, imapd.Config{})
+	for _, in := range []string{
+		"a LOGIN " + testUser + " " + testPass + "\r\nx0 FROBNICATE\r+00 NOOP\r\n",
+		"a NOOP\rb NOOP\r\n",
+		"a LOGIN " + testUser + "\r" + testPass + "\r\n",
+		"a NOOP\r\r\n",
+	} {
+		c := dialPlain(t, ts.addr)
+		r := bufio.NewReader(c)
+		c.Write([]byte(in))
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		got, err := io.ReadAll(r)
+		if err != nil || !strings.HasSuffix(string(got), "* BYE [CLIENTBUG] CR without LF outside a literal\r\n") {
+			t.Errorf("%q: %q %v, want BYE [CLIENTBUG] and close", in, got, err)
+		}
+		if strings.Contains(string(got), "\r\n+00") || strings.Contains(string(got), "b OK") {
+			t.Errorf("%q: what follows the lone CR ran as a command: %q", in, got)
+		}
+	}
+	rc := rawLogin(t, ts.addr)
+	body := "Subject: cr\r\n\r\nx\ry\r"
+	if _, st := rc.appendLit("INBOX", "", []byte(body)); !strings.HasPrefix(st, "OK") {
+		t.Fatalf("APPEND of a message with lone CRs: %q", st)
+	}
+	rc.ok("SELECT INBOX")
+	if u := rc.ok("FETCH 1 (BODY.PEEK[])"); len(u) != 1 || !strings.HasSuffix(u[0], body+")") {
+		t.Errorf("FETCH of the message with lone CRs: %q", u)
 	}
 }
 
@@ -352,8 +437,83 @@ func TestStartTLSRefusesOldVersions(t *testing.T) {
 	old := cliTLS.Clone()
 	old.MinVersion, old.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
 	tc := tls.Client(rc.c, old)
-	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	tc.SetDeadline(time.Now().Add(ioWait))
 	if err := tc.Handshake(); err == nil {
 		t.Fatalf("TLS %x handshake succeeded", tc.ConnectionState().Version)
 	}
+}
+
+// Past the connection limits a client is greeted with BYE [UNAVAILABLE]
+// (RFC 9051 §7.1.5, RFC 5530) and the connection closes; one limiter
+// counts the plain and the TLS listener together, and a slot is free
+// again as soon as a session ends.
+func TestConnectionLimit(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name         string
+		total, perIP int
+		want         string
+	}{
+		{"total", 3, 0, "* BYE [UNAVAILABLE] too many connections, try again later"},
+		{"per address", 0, 3, "* BYE [UNAVAILABLE] too many connections from your address, try again later"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srvTLS, cliTLS := selfSigned(t)
+			conns := connlimit.New(tc.total, tc.perIP)
+			ts := startServer(t, imapd.Config{Conns: conns})
+			// The IMAPS listener, sharing the limiter.
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// No trusted network: only a connection seen as TLS,
+			// under connlimit's wrapper, may log in.
+			tlsSrv := imapd.New(imapd.Config{Conns: conns, PlainAuthNets: []netip.Prefix{}}, ts.boxes)
+			served := make(chan error, 1)
+			go func() { served <- tlsSrv.Serve(tls.NewListener(ln, srvTLS)) }()
+			t.Cleanup(func() { tlsSrv.Close(); <-served })
+			dialTLS := func() net.Conn {
+				c, err := tls.Dial("tcp", ln.Addr().String(), cliTLS)
+				if err != nil {
+					t.Fatalf("IMAPS dial: %v", err)
+				}
+				t.Cleanup(func() { c.Close() })
+				return c
+			}
+
+			first := rawLogin(t, ts.addr)
+			dialRaw(t, ts.addr)
+			if rc := newRaw(t, dialTLS()); !strings.HasPrefix(rc.Hi, "* OK") || strings.Contains(rc.Hi, "LOGINDISABLED") {
+				t.Fatalf("third connection (IMAPS): %q, want OK with login allowed", rc.Hi)
+			}
+			for name, c := range map[string]net.Conn{"IMAP": dialPlain(t, ts.addr), "IMAPS": dialTLS()} {
+				got := expectBye(t, c, bufio.NewReader(c))
+				if got != tc.want+"\r\n" {
+					t.Errorf("%s connection past the limit: %q, want %q", name, got, tc.want)
+				}
+			}
+			// LOGOUT: the server closes the connection, and with it
+			// gives back its slot, before the client sees the end.
+			first.ok("LOGOUT")
+			first.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			if _, err := io.ReadAll(first.r); err != nil {
+				t.Fatalf("after LOGOUT: %v", err)
+			}
+			if rc := newRaw(t, dialTLS()); !strings.HasPrefix(rc.Hi, "* OK") {
+				t.Errorf("after a session ended, a new one is greeted %q", rc.Hi)
+			}
+		})
+	}
+}
+
+// dialPlain connects to addr without reading anything.
+func dialPlain(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

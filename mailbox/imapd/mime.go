@@ -229,6 +229,19 @@ func (p *mimeParser) finish(e *entity, end, nlEnd int64) {
 		p.endHeader(e, max(end, e.hdrStart), nlEnd, true)
 	}
 	e.done = true
+	if end < e.bodyStart {
+		// The blank line that ended the header was the line ending that
+		// belongs to the delimiter after it (RFC 2046 §5.1.1), as in an
+		// empty part of a multipart/digest: the header section was cut
+		// where the enclosing part ends, and e has no body. As for any
+		// cut header (endHeader), a container is an opaque text part: a
+		// message begun after that blank line lay outside e.
+		e.bodyStart = max(end, e.hdrStart)
+		if e.msg != nil || e.children != nil {
+			e.opaque, e.mediaType, e.params = true, "text/plain", nil
+			e.msg, e.children = nil, nil
+		}
+	}
 	if end <= e.bodyStart {
 		e.end, e.lines = e.bodyStart, 0
 		return

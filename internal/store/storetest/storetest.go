@@ -67,6 +67,7 @@ func Run(t *testing.T, open Opener, o Options) {
 		{"Mailboxes", testMailboxes},
 		{"Subscriptions", testSubscriptions},
 		{"Messages", testMessages},
+		{"HeaderCopy", testHeaderCopy},
 		{"CopyMove", testCopyMove},
 		{"UIDsNeverReused", testUIDsNeverReused},
 		{"ConcurrentDeliveries", testConcurrentDeliveries},
@@ -831,6 +832,70 @@ func testMessages(t *testing.T, e Engine) {
 	}
 	if _, _, err := e.Append(ctx, u, "Nope", strings.NewReader("x"), base, nil); !errors.Is(err, mailbox.ErrNoMailbox) {
 		t.Errorf("append to an unknown mailbox: %v", err)
+	}
+}
+
+// testHeaderCopy: the stored header copy of a message, filed by a local
+// delivery or appended, is its whole header section (through the blank
+// line; the whole message when it has none) or nothing at all, never a
+// part of it: IMAP answers header fields from the copy when there is one,
+// and a field past a cut would be missed. A header section over the
+// store's limit (32 KiB) has no copy.
+func testHeaderCopy(t *testing.T, e Engine) {
+	u := "bob@example.org"
+	addAccount(t, e, u)
+	var long strings.Builder
+	long.WriteString("Subject: long\r\n")
+	for i := 0; long.Len() < 60<<10; i++ {
+		fmt.Fprintf(&long, "X-Filler-%d: %s\r\n", i, strings.Repeat("f", 60))
+	}
+	long.WriteString("X-Late: v\r\n")
+	for _, tc := range []struct {
+		name, msg string
+		copied    bool // a copy must be there
+	}{
+		{"short", "Subject: short\r\n\r\nbody\r\n", true},
+		{"lf only", "Subject: lf\n\nbody\n", true},
+		{"all header", "Subject: all header\r\n", true},
+		{"over the limit", long.String() + "\r\nbody\r\n", false},
+		{"over the limit, no body", long.String(), false},
+		{"over the limit, body over a chunk", long.String() + "\r\n" + strings.Repeat("b", 3<<20), false},
+		{"in a long message", "Subject: big\r\n\r\n" + strings.Repeat("b\r\n", 1<<20), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := message(u)
+			enqueue(t, e, m, tc.msg)
+			err := e.Update(ctx, m.ID, nil, func(m *spool.Message) (spool.Effects, error) {
+				m.Rcpts[0].State = spool.Delivered
+				return spool.Effects{File: &spool.Filing{Accounts: []string{u}, Date: base}}, nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := e.Append(ctx, u, "INBOX", strings.NewReader(tc.msg), base, nil); err != nil {
+				t.Fatal(err)
+			}
+			_, ms := inbox(t, e, u)
+			want := tc.msg
+			if i := strings.Index(want, "\n\r\n"); i >= 0 && (strings.Index(want, "\n\n") < 0 || i < strings.Index(want, "\n\n")) {
+				want = want[:i+3]
+			} else if i := strings.Index(want, "\n\n"); i >= 0 {
+				want = want[:i+2]
+			}
+			for _, m := range ms[len(ms)-2:] {
+				head, ok, err := e.Head(ctx, m)
+				switch {
+				case err != nil:
+					t.Errorf("UID %d: Head: %v", m.UID, err)
+				case ok && string(head) != want:
+					t.Errorf("UID %d: a %d-byte header copy of a %d-byte header section (%.40q...)", m.UID, len(head), len(want), head)
+				case !ok && tc.copied:
+					t.Errorf("UID %d: no header copy", m.UID)
+				case ok && !tc.copied:
+					t.Errorf("UID %d: a header copy of %d bytes, over the limit", m.UID, len(head))
+				}
+			}
+		})
 	}
 }
 
