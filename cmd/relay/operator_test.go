@@ -129,6 +129,22 @@ func TestQueueVerbs(t *testing.T) {
 	}
 	held, flushed, deleted, bounced := ms[0].ID, ms[1].ID, ms[2].ID, ms[3].ID
 
+	// A recipient waiting for its retry lists as deferred, with the reason;
+	// the filters narrow the listing.
+	res := mustRelay(t, "queue", "list", "--state", "deferred", "--data", data)
+	if strings.Count(res.stdout, "@example.test  deferred, 1 tries, next in ") != 4 || !strings.Contains(res.stdout, "-- 4 message(s)") {
+		t.Errorf("queue list --state deferred:\n%s", res.stdout)
+	}
+	if res := mustRelay(t, "queue", "list", "--limit", "1", "--domain", "EXAMPLE.test", "--data", data); !strings.Contains(res.stdout, held) ||
+		strings.Contains(res.stdout, flushed) || !strings.Contains(res.stdout, "stopped at --limit 1") {
+		t.Errorf("queue list --limit 1 --domain EXAMPLE.test:\n%s", res.stdout)
+	}
+	for _, args := range [][]string{{"--domain", "other.test"}, {"--older-than", "1h"}, {"--state", "due"}} {
+		if res := mustRelay(t, append([]string{"queue", "list", "--data", data}, args...)...); res.stdout != "no queued message matches\n" {
+			t.Errorf("queue list %s: %q, want no match", strings.Join(args, " "), res.stdout)
+		}
+	}
+
 	// hold: the message stays, marked, and is not retried by a flush.
 	if res := mustRelay(t, "queue", "hold", held, "--data", data); !strings.Contains(res.stdout, "hold: 1 message") {
 		t.Errorf("queue hold: %q", res.stdout)
@@ -136,10 +152,13 @@ func TestQueueVerbs(t *testing.T) {
 	if _, h := heldState(t, data, held); !h {
 		t.Errorf("%s not held after queue hold", held)
 	}
-	if res := mustRelay(t, "queue", "list", "--data", data); !strings.Contains(res.stdout, "held") {
-		t.Errorf("queue list does not show the hold:\n%s", res.stdout)
+	if res := mustRelay(t, "queue", "list", "--state", "held", "--data", data); !strings.Contains(res.stdout, held) ||
+		!strings.Contains(res.stdout, "r0@example.test  held, 1 tries") || !strings.Contains(res.stdout, "-- 1 message(s)") {
+		t.Errorf("queue list --state held does not show the hold alone:\n%s", res.stdout)
 	}
-	mustRelay(t, "queue", "flush", held, flushed, "--data", data)
+	if res := mustRelay(t, "queue", "flush", held, flushed, "--data", data); !strings.Contains(res.stdout, "flush: 2 message(s)") {
+		t.Errorf("queue flush of two messages says %q", res.stdout)
+	}
 	if !waitFor(10*time.Second, func() bool { return attemptsOf(t, data, flushed) == 2 }) {
 		t.Errorf("flushed message %s not retried within 10s (attempts %d)", flushed, attemptsOf(t, data, flushed))
 	}
@@ -187,14 +206,15 @@ func TestQueueVerbs(t *testing.T) {
 	if _, h := heldState(t, data, flushed); !h {
 		t.Errorf("queue hold NOSUCHID %s did not hold %s", flushed, flushed)
 	}
-	for _, args := range [][]string{{"hold"}, {"bounce"}, {"tail", "extra"}, {"tail", "-n", "-1"}} {
+	for _, args := range [][]string{{"hold"}, {"bounce"}, {"tail", "extra"}, {"tail", "-n", "-1"},
+		{"list", "--state", "pending"}, {"list", "--limit", "-1"}, {"list", "--older-than", "-1h"}, {"list", "--domain", "a@b.test"}} {
 		if res := runRelay(t, nil, append(append([]string{"queue"}, args...), "--data", data)...); res.code != 2 {
 			t.Errorf("queue %s: %s\nwant exit 2 (bad usage)", strings.Join(args, " "), res)
 		}
 	}
 
 	// queue show prints the history; queue tail the same events.
-	res := mustRelay(t, "queue", "show", held, "--data", data)
+	res = mustRelay(t, "queue", "show", held, "--data", data)
 	for _, want := range []string{"history:", " accepted from=alice@localhost", " deferred rcpt=r0@example.test", " held by=operator", " released by=operator", " attempt rcpt=r0@example.test attempt=2"} {
 		if !strings.Contains(res.stdout, want) {
 			t.Errorf("queue show %s lacks %q:\n%s", held, want, res.stdout)

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -11,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/relaymail/relay/internal/admin"
@@ -118,6 +119,11 @@ func queueCmd(args []string, stdout, _ io.Writer) error {
 	withBody := fs.Bool("body", false, "show: print the body too")
 	tailN := fs.Int("n", 10, "tail: how many past events to show")
 	follow := fs.Bool("f", false, "tail: keep showing new events as they happen")
+	var list relay.ListRequest
+	fs.IntVar(&list.Limit, "limit", 0, "list: show at most `N` messages (0: all)")
+	fs.StringVar(&list.State, "state", "", "list: only messages with a recipient in `STATE`: "+strings.Join(relay.ListStates, ", "))
+	fs.StringVar(&list.Domain, "domain", "", "list: only messages with a recipient in `DOMAIN`")
+	fs.DurationVar(&list.OlderThan, "older-than", 0, "list: only messages queued at least this long ago (`DURATION`, e.g. 30m, 2h)")
 	pos, err := config.ParseInterleaved(fs, args)
 	if err != nil {
 		return flagError(err)
@@ -132,18 +138,10 @@ func queueCmd(args []string, stdout, _ io.Writer) error {
 		if len(pos) > 0 {
 			return usagef("queue list takes no arguments")
 		}
-		var ms []*spool.Message
-		err := withSpool(dir,
-			func(c *admin.Client) error { return c.Call(ctx, "queue/list", struct{}{}, &ms) },
-			func(sp *spool.Spool) error { ms, err = relay.ListQueue(sp); return err })
-		if err != nil {
-			return err
+		if err := list.Check(); err != nil {
+			return usagef("queue list: %v", err)
 		}
-		if *asJSON {
-			return printJSON(stdout, ms)
-		}
-		printQueue(stdout, ms, time.Now())
-		return nil
+		return queueList(ctx, dir, list, *asJSON, stdout)
 	case "show":
 		if len(pos) != 1 {
 			return usagef("queue show takes one queue ID")
@@ -171,15 +169,18 @@ func queueCmd(args []string, stdout, _ io.Writer) error {
 			return usagef("queue %s takes one or more queue IDs", verb)
 		}
 		req := relay.IDsRequest{IDs: pos}
+		var rep relay.OpReply
 		err := withSpool(dir,
-			func(c *admin.Client) error { return c.Call(ctx, "queue/"+verb, req, nil) },
-			func(sp *spool.Spool) error { return relay.QueueOp(sp, nil, verb, pos) })
+			func(c *admin.Client) error { return c.Call(ctx, "queue/"+verb, req, &rep) },
+			func(sp *spool.Spool) error { rep.Done, err = relay.QueueOp(sp, nil, verb, pos); return err })
 		if err != nil {
 			return err
 		}
-		if verb != "flush" {
-			fmt.Fprintf(stdout, "%s: %d message(s)\n", verb, len(pos))
+		if verb == "flush" {
+			fmt.Fprintf(stdout, "flush: %d message(s), every pending recipient due now (held messages stay held)\n", rep.Done)
+			return nil
 		}
+		fmt.Fprintf(stdout, "%s: %d message(s)\n", verb, rep.Done)
 		return nil
 	default:
 		return usagef("queue: unknown verb %q", verb)
@@ -192,38 +193,142 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// printQueue prints a table in the spirit of mailq: one line per message,
-// then one indented line per recipient.
-func printQueue(w io.Writer, ms []*spool.Message, now time.Time) {
-	if len(ms) == 0 {
-		fmt.Fprintln(w, "queue is empty")
+// queueList prints the messages req selects as they come from the server
+// (or from the database when none runs), holding one at a time: a JSON
+// array, or a listing in the spirit of mailq, one line per message, then
+// one indented line per recipient.
+func queueList(ctx context.Context, dir where, req relay.ListRequest, asJSON bool, stdout io.Writer) error {
+	w := bufio.NewWriterSize(stdout, 64<<10)
+	var p queuePrinter
+	jl := &jsonList{w: w}
+	if asJSON {
+		p = jl
+	} else {
+		p = &textList{w: w, now: time.Now(), filtered: req != relay.ListRequest{}}
+	}
+	err := withSpool(dir,
+		func(c *admin.Client) error {
+			r, err := c.Stream(ctx, "queue/list", req)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			if asJSON {
+				// The server's JSON goes out as it came, only indented:
+				// nothing to decode.
+				return readStream(r, "queue list", jl.raw)
+			}
+			return readStream(r, "queue list", p.message)
+		},
+		func(sp *spool.Spool) error { return relay.ListQueue(sp, req, time.Now(), p.message) })
+	if err != nil {
+		w.Flush()
+		return err
+	}
+	p.end(req.Limit)
+	return w.Flush()
+}
+
+// queuePrinter writes a queue listing one message at a time.
+type queuePrinter interface {
+	message(m *spool.Message) error
+	// end closes the listing; limit is the --limit it ran with.
+	end(limit int)
+}
+
+// jsonList writes the array that json.MarshalIndent would, element by
+// element.
+type jsonList struct {
+	w   *bufio.Writer
+	n   int
+	buf bytes.Buffer
+}
+
+func (l *jsonList) message(m *spool.Message) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return l.raw(b)
+}
+
+// raw writes one element given as compact JSON; indented, it is what
+// json.MarshalIndent makes of the value.
+func (l *jsonList) raw(b json.RawMessage) error {
+	if l.n == 0 {
+		l.w.WriteString("[\n  ")
+	} else {
+		l.w.WriteString(",\n  ")
+	}
+	l.n++
+	l.buf.Reset()
+	if err := json.Indent(&l.buf, b, "  ", "  "); err != nil {
+		return err
+	}
+	_, err := l.buf.WriteTo(l.w)
+	return err
+}
+
+func (l *jsonList) end(int) {
+	if l.n == 0 {
+		l.w.WriteString("[]\n")
 		return
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tAGE\tSIZE\tSENDER\tHOLD")
-	for _, m := range ms {
-		from := m.From
-		if from == "" {
-			from = "<>"
-		}
-		hold := ""
-		if m.Hold {
-			hold = "held"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.ID, age(now.Sub(m.Arrived)), size(m.Size), from, hold)
-		for _, r := range m.Rcpts {
-			next := ""
-			if r.State == spool.Pending && !m.Hold {
-				next = "due now"
-				if d := r.NextAttempt.Sub(now); d > 0 {
-					next = "next in " + age(d)
-				}
-			}
-			fmt.Fprintf(tw, "  %s\t%s\t%d tries\t%s\t%s\n", r.Address, r.State, r.Attempts, next, r.Reply)
-		}
+	l.w.WriteString("\n]\n")
+}
+
+// textList writes the listing for people. Columns have fixed widths, so
+// that no line waits for the widest one further down.
+type textList struct {
+	w        *bufio.Writer
+	now      time.Time
+	filtered bool
+	n        int
+}
+
+func (l *textList) message(m *spool.Message) error {
+	if l.n == 0 {
+		fmt.Fprintf(l.w, "%-26s  %6s  %7s  %s\n", "ID", "AGE", "SIZE", "SENDER")
 	}
-	tw.Flush()
-	fmt.Fprintf(w, "-- %d message(s)\n", len(ms))
+	l.n++
+	from := m.From
+	if from == "" {
+		from = "<>"
+	}
+	hold := ""
+	if m.Hold {
+		hold = "  held"
+	}
+	fmt.Fprintf(l.w, "%-26s  %6s  %7s  %s%s\n", m.ID, age(l.now.Sub(m.Arrived)), size(m.Size), from, hold)
+	for i := range m.Rcpts {
+		r := &m.Rcpts[i]
+		state := relay.RcptState(m, r, l.now)
+		fmt.Fprintf(l.w, "  %s  %s, %d tries", r.Address, state, r.Attempts)
+		switch state {
+		case "due":
+			l.w.WriteString(", due now")
+		case "deferred":
+			fmt.Fprintf(l.w, ", next in %s", age(r.NextAttempt.Sub(l.now)))
+		}
+		if !r.Reply.IsZero() {
+			fmt.Fprintf(l.w, ": %s", r.Reply)
+		}
+		l.w.WriteByte('\n')
+	}
+	return nil
+}
+
+func (l *textList) end(limit int) {
+	switch {
+	case l.n == 0 && !l.filtered:
+		fmt.Fprintln(l.w, "queue is empty")
+	case l.n == 0:
+		fmt.Fprintln(l.w, "no queued message matches")
+	case limit > 0 && l.n == limit:
+		fmt.Fprintf(l.w, "-- %d message(s), stopped at --limit %d\n", l.n, limit)
+	default:
+		fmt.Fprintf(l.w, "-- %d message(s)\n", l.n)
+	}
 }
 
 func printShown(w io.Writer, sh *relay.Shown) {

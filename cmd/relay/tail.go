@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -35,7 +36,7 @@ func tail(ctx context.Context, dir where, req relay.TailRequest, asJSON bool, w 
 				return err
 			}
 			defer r.Close()
-			return readEvents(r, print)
+			return readStream(r, "queue tail", print)
 		},
 		func(sp *spool.Spool) error {
 			// On a shared PostgreSQL store the log of every node can be
@@ -48,23 +49,28 @@ func tail(ctx context.Context, dir where, req relay.TailRequest, asJSON bool, w 
 		})
 }
 
-// readEvents decodes the admin stream: one event per line, or a last line
-// that carries the error which ended it.
-func readEvents(r io.Reader, fn func(spool.Event) error) error {
+// readStream decodes an admin stream for cmd: one JSON value per line, or a
+// last line that carries the error which ended it.
+func readStream[T any](r io.Reader, cmd string, fn func(T) error) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
-		var line struct {
-			spool.Event
-			Error string `json:"error"`
+		// The server writes an error as an object with that one key;
+		// events and envelopes start with keys of their own.
+		if bytes.HasPrefix(sc.Bytes(), []byte(`{"error":`)) {
+			var end struct {
+				Error string `json:"error"`
+			}
+			if err := json.Unmarshal(sc.Bytes(), &end); err != nil {
+				return fmt.Errorf("%s: bad line from the server: %w", cmd, err)
+			}
+			return errors.New(end.Error)
 		}
-		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
-			return fmt.Errorf("queue tail: bad event from the server: %w", err)
+		var v T
+		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
+			return fmt.Errorf("%s: bad line from the server: %w", cmd, err)
 		}
-		if line.Error != "" {
-			return errors.New(line.Error)
-		}
-		if err := fn(line.Event); err != nil {
+		if err := fn(v); err != nil {
 			return err
 		}
 	}
