@@ -12,15 +12,6 @@ import (
 	"github.com/relaymail/relay/internal/addr"
 )
 
-// knownBug skips a test that demonstrates a reported bug in the code under
-// test, unless RELAY_KNOWN_BUGS=1.
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("RELAY_KNOWN_BUGS") != "1" {
-		t.Skipf("BUG: %s (set RELAY_KNOWN_BUGS=1 to run)", what)
-	}
-}
-
 func TestParse(t *testing.T) {
 	t.Parallel()
 	long63 := strings.Repeat("a", 63)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -22,10 +21,6 @@ import (
 	"github.com/relaymail/relay/relay/deliver"
 	"github.com/relaymail/relay/spool"
 )
-
-// knownBugs reports whether tests should fail on reported, unfixed bugs
-// (RELAY_KNOWN_BUGS=1) rather than log them.
-func knownBugs() bool { return os.Getenv("RELAY_KNOWN_BUGS") == "1" }
 
 // fakeClock is a settable clock safe for concurrent use.
 type fakeClock struct {

@@ -461,14 +461,6 @@ func TestNoticeMessageIDsUnique(t *testing.T) {
 	}
 }
 
-// skipBug skips a test that shows a known bug unless RELAY_KNOWN_BUGS=1.
-func skipBug(t *testing.T, format string, a ...any) {
-	t.Helper()
-	if !knownBugs() {
-		t.Skipf("BUG: "+format+" (RELAY_KNOWN_BUGS=1 runs it)", a...)
-	}
-}
-
 // TestPermanentFailureBouncesAtOnce: a 5xx ends the recipient at the first
 // attempt with a failure notice about it alone; the others go on.
 func TestPermanentFailureBouncesAtOnce(t *testing.T) {
