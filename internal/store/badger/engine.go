@@ -3,8 +3,10 @@ package badger
 import (
 	"bytes"
 	"errors"
+	"hash/fnv"
 	"io"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -37,6 +39,36 @@ type Store struct {
 	epoch    atomic.Uint64
 	low      time.Time    // guarded by claimMu
 	earliest atomic.Int64 // earliest due time (ns) written since the last scan
+
+	// fileLocks serialize writes of new messages into the same account:
+	// they all rewrite the mailbox's record, so under Badger's
+	// optimistic transactions all but one would be redone, again and
+	// again while a burst for one account lasts. An APPEND holds its
+	// account's stripe; a delivery, whose accounts are known only once
+	// its update has run, retries holding them after a first conflict.
+	// In-process is enough: one process owns a Badger store.
+	fileLocks [64]sync.Mutex
+}
+
+// lockAccounts takes the file locks of accounts, in stripe order so that
+// two callers cannot deadlock, and returns what releases them.
+func (s *Store) lockAccounts(accounts []string) func() {
+	var stripes []int
+	for _, a := range accounts {
+		h := fnv.New32a()
+		h.Write([]byte(a))
+		stripes = append(stripes, int(h.Sum32()%uint32(len(s.fileLocks))))
+	}
+	slices.Sort(stripes)
+	stripes = slices.Compact(stripes)
+	for _, i := range stripes {
+		s.fileLocks[i].Lock()
+	}
+	return func() {
+		for _, i := range stripes {
+			s.fileLocks[i].Unlock()
+		}
+	}
 }
 
 // New returns the engine on an open database. now is the clock (nil for

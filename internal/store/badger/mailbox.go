@@ -622,6 +622,9 @@ func (s *Store) Append(ctx context.Context, user, name string, body io.Reader, d
 	}
 	var mb *mailbox.Mailbox
 	var uid uint32
+	// An APPEND takes its turn with the deliveries into the account
+	// (fileLocks).
+	unlock := s.lockAccounts([]string{user})
 	err = s.update(ctx, func(txn *bdg.Txn) error {
 		var err error
 		if mb, err = getMailboxTxn(txn, user, name); err != nil {
@@ -636,6 +639,7 @@ func (s *Store) Append(ctx context.Context, user, name string, body io.Reader, d
 		}
 		return putMailbox(txn, mb)
 	})
+	unlock()
 	if err != nil {
 		return nil, 0, err
 	}

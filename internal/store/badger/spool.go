@@ -243,9 +243,19 @@ func (s *Store) Oldest(context.Context) (time.Time, error) {
 	return t, err
 }
 
-// NextDue implements spool.Backend.
+// NextDue implements spool.Backend. Like a claim, it starts where nothing
+// but tombstones lies before (scanFrom, without taking the earliest time
+// written from the next claim): the delivery loop asks after every round,
+// and a round follows every delivery, so a scan from the index's front
+// would wade through the entries of every message delivered lately.
 func (s *Store) NextDue(context.Context) (time.Time, bool, error) {
-	_, first, _, err := s.scanDue(time.Time{}, time.Unix(0, 0), 0, nil)
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
+	from := s.low
+	if e := s.earliest.Load(); e != math.MaxInt64 && (from.IsZero() || e < from.UnixNano()) {
+		from = time.Unix(0, e)
+	}
+	_, first, _, err := s.scanDue(from, time.Unix(0, 0), 0, nil)
 	return first, !first.IsZero(), err
 }
 
@@ -398,73 +408,104 @@ func (s *Store) Release(_ context.Context, l spool.Lease) error {
 
 // Update implements spool.Backend.
 func (s *Store) Update(ctx context.Context, id string, lease *spool.Lease, fn func(m *spool.Message) (spool.Effects, error)) error {
-	var due time.Time
-	var files []string
-	var events, keep bool
-	err := s.update(ctx, func(txn *bdg.Txn) error {
-		due, files, events = time.Time{}, files[:0], false
-		if lease != nil && !s.holds(*lease) {
-			return fmt.Errorf("update %s: %w", id, store.ErrLeaseLost)
-		}
-		m, err := getEnvelope(txn, id)
-		if err != nil {
+	var res updateResult
+	unlock := func() {}
+	defer func() { unlock() }()
+	try := func() error {
+		return mapErr(s.db.Update(func(txn *bdg.Txn) error {
+			var err error
+			res, err = s.updateTxn(txn, id, lease, fn)
 			return err
+		}))
+	}
+	locked := false
+	err := store.Retry(ctx, func() error {
+		err := try()
+		if errors.Is(err, store.ErrConflict) && !locked && len(res.accounts) > 0 {
+			// Met another delivery into the same account: take turns
+			// from now on (fileLocks), starting at once.
+			unlock = s.lockAccounts(res.accounts)
+			locked = true
+			err = try()
 		}
-		eff, err := fn(m)
-		if err != nil {
-			return err
-		}
-		keep = eff.KeepLease
-		if eff.File != nil {
-			if files, err = s.fileTxn(txn, m, eff.File); err != nil {
-				return err
-			}
-		}
-		for _, n := range eff.Notices {
-			var nd time.Time
-			n.Message.Size = int64(len(n.Body))
-			if _, err := txn.Get(envKey(n.Message.ID)); err == nil {
-				return fmt.Errorf("queue notice %s: the ID is taken", n.Message.ID)
-			}
-			if _, err := PutChunks(txn, bodyPrefix(n.Message.ID), bytesReader(n.Body)); err != nil {
-				return fmt.Errorf("queue notice %s: %w", n.Message.ID, err)
-			}
-			if err := putEnvelope(txn, n.Message, &nd); err != nil {
-				return fmt.Errorf("queue notice %s: %w", n.Message.ID, err)
-			}
-			due = earlier(due, nd)
-		}
-		for i := range eff.Events {
-			if err := s.appendEvent(txn, &eff.Events[i]); err != nil {
-				return err
-			}
-			events = true
-		}
-		if m.Done() {
-			return deleteMessage(txn, m)
-		}
-		var md time.Time
-		if err := putEnvelope(txn, m, &md); err != nil {
-			return err
-		}
-		due = earlier(due, md)
-		return nil
+		return err
 	})
 	if err != nil {
 		return err
 	}
-	if lease != nil && !keep {
+	if lease != nil && !res.keep {
 		s.leaseMu.Lock()
 		if cur, ok := s.leases[id]; ok && cur.Epoch == lease.Epoch {
 			delete(s.leases, id)
 		}
 		s.leaseMu.Unlock()
 	}
-	s.committed(due, events)
-	for _, u := range files {
+	s.committed(res.due, res.events)
+	for _, u := range res.files {
 		s.Publish(u, mailbox.Event{})
 	}
 	return nil
+}
+
+// updateResult is what one try of Update leaves for after its commit.
+type updateResult struct {
+	due      time.Time
+	files    []string // the users whose INBOX got the message
+	accounts []string // the accounts it was filed into (fileLocks)
+	events   bool     // events were logged
+	keep     bool     // the lease stays
+}
+
+// updateTxn is one try of Update in txn.
+func (s *Store) updateTxn(txn *bdg.Txn, id string, lease *spool.Lease, fn func(m *spool.Message) (spool.Effects, error)) (updateResult, error) {
+	var res updateResult
+	if lease != nil && !s.holds(*lease) {
+		return res, fmt.Errorf("update %s: %w", id, store.ErrLeaseLost)
+	}
+	m, err := getEnvelope(txn, id)
+	if err != nil {
+		return res, err
+	}
+	eff, err := fn(m)
+	if err != nil {
+		return res, err
+	}
+	res.keep = eff.KeepLease
+	if eff.File != nil {
+		res.accounts = eff.File.Accounts
+		if res.files, err = s.fileTxn(txn, m, eff.File); err != nil {
+			return res, err
+		}
+	}
+	for _, n := range eff.Notices {
+		var nd time.Time
+		n.Message.Size = int64(len(n.Body))
+		if _, err := txn.Get(envKey(n.Message.ID)); err == nil {
+			return res, fmt.Errorf("queue notice %s: the ID is taken", n.Message.ID)
+		}
+		if _, err := PutChunks(txn, bodyPrefix(n.Message.ID), bytesReader(n.Body)); err != nil {
+			return res, fmt.Errorf("queue notice %s: %w", n.Message.ID, err)
+		}
+		if err := putEnvelope(txn, n.Message, &nd); err != nil {
+			return res, fmt.Errorf("queue notice %s: %w", n.Message.ID, err)
+		}
+		res.due = earlier(res.due, nd)
+	}
+	for i := range eff.Events {
+		if err := s.appendEvent(txn, &eff.Events[i]); err != nil {
+			return res, err
+		}
+		res.events = true
+	}
+	if m.Done() {
+		return res, deleteMessage(txn, m)
+	}
+	var md time.Time
+	if err := putEnvelope(txn, m, &md); err != nil {
+		return res, err
+	}
+	res.due = earlier(res.due, md)
+	return res, nil
 }
 
 func earlier(a, b time.Time) time.Time {

@@ -954,11 +954,12 @@ func testUIDsNeverReused(t *testing.T, e Engine) {
 	}
 }
 
-// testConcurrentDeliveries: many writers into one INBOX get distinct,
-// dense UIDs and counts that add up.
+// testConcurrentDeliveries: many writers into one INBOX (as many as the
+// delivery loop's default workers) all succeed, none giving up on
+// conflicts, and get distinct, dense UIDs and counts that add up.
 func testConcurrentDeliveries(t *testing.T, e Engine) {
 	addAccount(t, e, "bob@example.org")
-	const writers, each = 8, 10
+	const writers, each = 32, 10
 	var wg sync.WaitGroup
 	errs := make(chan error, writers*each)
 	for range writers {
