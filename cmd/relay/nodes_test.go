@@ -355,17 +355,23 @@ func waitQueueEmptyStore(t *testing.T, url, data string) {
 	}
 }
 
+// twoNodes starts two nodes on one new database, with an account for user
+// and remote mail going to a sink.
+func twoNodes(t *testing.T, user string) (a, b *server) {
+	t.Helper()
+	url := pgtest.URL(t)
+	k := newSink(t)
+	dir := workDir(t)
+	mustRelayStdin(t, testPassword+"\n", "user", "add", user, "--password-stdin", "--store", url, "--data", filepath.Join(dir, "cli"))
+	return node(t, url, filepath.Join(dir, "a"), k.addr), node(t, url, filepath.Join(dir, "b"), k.addr)
+}
+
 // TestNodesIdle: an IMAP client idling on node B hears of a message that
 // node A delivered. The latency is logged; the test allows 10 s, as a
 // loaded CI machine may need, and the figure goes to the README.
 func TestNodesIdle(t *testing.T) {
 	t.Parallel()
-	url := pgtest.URL(t)
-	k := newSink(t)
-	dir := workDir(t)
-	mustRelayStdin(t, testPassword+"\n", "user", "add", "bob@localhost", "--password-stdin", "--store", url, "--data", filepath.Join(dir, "cli"))
-	a := node(t, url, filepath.Join(dir, "a"), k.addr)
-	b := node(t, url, filepath.Join(dir, "b"), k.addr)
+	a, b := twoNodes(t, "bob@localhost")
 
 	exists := make(chan uint32, 16)
 	c, err := imapclient.DialInsecure(b.listener(t, "imap"), &imapclient.Options{
@@ -408,17 +414,12 @@ func TestNodesIdle(t *testing.T) {
 // the events of a message that node A accepted and delivered.
 func TestNodesTail(t *testing.T) {
 	t.Parallel()
-	url := pgtest.URL(t)
-	k := newSink(t)
-	dir := workDir(t)
-	mustRelayStdin(t, testPassword+"\n", "user", "add", "carol@localhost", "--password-stdin", "--store", url, "--data", filepath.Join(dir, "cli"))
-	a := node(t, url, filepath.Join(dir, "a"), k.addr)
-	node(t, url, filepath.Join(dir, "b"), k.addr)
+	a, b := twoNodes(t, "carol@localhost")
 	// The follower connects in its own time, and what happened before it
 	// did is the past, not followed: send until it shows a message, the
 	// sign that it follows. Other tests share the database, so only this
 	// test's senders count.
-	lines, next := followTail(t, filepath.Join(dir, "b"), "-n", "0")
+	lines, next := followTail(t, b.data, "-n", "0")
 	connected := false
 	for i := 0; i < 20 && !connected; i++ {
 		from := fmt.Sprintf("warmup%d@localhost", i)
@@ -466,12 +467,7 @@ func TestNodesTail(t *testing.T) {
 // and deleted from node B, and an account added on node A logs in on B.
 func TestNodesVerbs(t *testing.T) {
 	t.Parallel()
-	url := pgtest.URL(t)
-	k := newSink(t)
-	dir := workDir(t)
-	mustRelayStdin(t, testPassword+"\n", "user", "add", "bob@localhost", "--password-stdin", "--store", url, "--data", filepath.Join(dir, "cli"))
-	a := node(t, url, filepath.Join(dir, "a"), k.addr)
-	b := node(t, url, filepath.Join(dir, "b"), k.addr)
+	a, b := twoNodes(t, "bob@localhost")
 	// No DNS answers here, so mail for nowhere.test stays deferred.
 	a.submit(t, "bob@localhost", []string{"x@nowhere.test"}, crlf("Subject: verbs\n\nacross nodes\n"))
 	m := queuedFrom(t, b.data, "bob@localhost")
