@@ -130,9 +130,12 @@ func TestEdgeCases(t *testing.T) {
 		rc.ok("SELECT INBOX")
 	})
 
-	// RFC 3501 §2.3.2: \Recent is set by the server only.
+	// RFC 3501 §2.3.2: \Recent is set by the server only. The first
+	// session to select the mailbox holds the new message as \Recent;
+	// a later one must not see it.
 	t.Run("APPEND with \\Recent", func(t *testing.T) {
 		rc.appendLit("Junk", `(\Recent \Seen)`, sample(t, "plain.eml"))
+		rawLogin(t, ts.addr).ok("SELECT Junk")
 		other := rawLogin(t, ts.addr)
 		other.ok("EXAMINE Junk")
 		if u := other.ok("FETCH 1 (FLAGS)"); len(find(u, `\Recent`)) != 0 {

@@ -190,6 +190,13 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 			}
 		}
 	}
+	if options.Flags || setSeen {
+		// Another session may have set a keyword this one has not been
+		// told of yet.
+		if err := announceKeywords(v, msgs, messageFlags); err != nil {
+			return serverError(err)
+		}
+	}
 	for _, m := range msgs {
 		seq := v.seqOf(m.UID)
 		if seq == 0 {
@@ -230,6 +237,10 @@ func (s *session) fetchOne(w *imapserver.FetchResponseWriter, m mailbox.Message,
 			return err
 		}
 	}
+	if items := binaryItems(o.BinarySection); items != nil && s.guard != nil {
+		s.guard.expectBinary(items)
+		defer s.guard.expectBinary(nil)
+	}
 	for _, sec := range o.BinarySection {
 		if err := writeBinary(w, c, sec); err != nil {
 			return err
@@ -241,9 +252,16 @@ func (s *session) fetchOne(w *imapserver.FetchResponseWriter, m mailbox.Message,
 	return w.Close()
 }
 
-// writeSection writes one BODY[...] item (RFC 9051 §6.4.5).
+// writeSection writes one BODY[...] item (RFC 9051 §6.4.5), RFC822,
+// RFC822.HEADER or RFC822.TEXT. These are sent as a plain literal, which
+// cannot hold NUL (RFC 9051 §4.3, RFC 3501 §9: CHAR8 is %x01-ff); only
+// BINARY's literal8 can (RFC 3516 §4.2). A message may still hold NUL:
+// SMTP refuses it, APPEND takes it. As Dovecot does, each NUL is sent as
+// 0x80, which keeps every size and partial offset the same; BINARY[]
+// sends the message's own octets.
 func writeSection(w *imapserver.FetchResponseWriter, c *content, sec *imap.FetchItemBodySection) error {
 	r, n := bodySection(c, sec)
+	r = noNUL{r}
 	wc := w.WriteBodySection(sec, n)
 	if _, err := io.CopyN(wc, r, n); err != nil {
 		wc.Close()
@@ -295,6 +313,22 @@ func bodySection(c *content, sec *imap.FetchItemBodySection) (io.Reader, int64) 
 	}
 	boff := max(off-int64(len(hdr)), 0)
 	return io.MultiReader(bytes.NewReader(hpart), c.section(e.bodyStart+boff, rest)), n
+}
+
+// noNUL replaces NUL octets with 0x80 (see writeSection).
+type noNUL struct{ r io.Reader }
+
+func (z noNUL) Read(p []byte) (int, error) {
+	n, err := z.r.Read(p)
+	for b := p[:n]; ; {
+		i := bytes.IndexByte(b, 0)
+		if i < 0 {
+			break
+		}
+		b[i] = 0x80
+		b = b[i+1:]
+	}
+	return n, err
 }
 
 // headerBytes is e's header section as BODY[HEADER], BODY[HEADER.FIELDS

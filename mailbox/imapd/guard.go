@@ -80,6 +80,7 @@ type guardConn struct {
 	out          outbound
 	dropGreeting bool // the new session's greeting after STARTTLS
 	bad          int  // tagged BAD replies in a row
+	origins      originPlacer
 
 	// Between the two sides.
 	mu       sync.Mutex
@@ -203,6 +204,14 @@ func (g *guardConn) commandStart() error {
 			tag := string(tag)
 			g.br.Discard(len(line))
 			return g.startTLS(tag)
+		case complete && isID(line):
+			if err := g.answerID(string(tag)); err != nil {
+				return err
+			}
+			if g.in.skipping {
+				return nil
+			}
+			continue
 		}
 		return nil
 	}
@@ -478,8 +487,11 @@ func (g *guardConn) Write(p []byte) (int, error) {
 		g.dropGreeting = false
 		p = p[i+1:]
 	}
-	if g.out.lineLen == 0 && g.out.litLeft == 0 {
-		p = clientFault(p)
+	if g.out.lineLen == 0 && g.out.litLeft == 0 && len(g.origins.held) == 0 {
+		p = advertiseID(clientFault(p))
+	}
+	if g.origins.active() {
+		p = g.origins.place(p)
 	}
 	tagged := g.scanOut(p)
 	if _, err := g.Conn.Write(p); err != nil {
@@ -515,13 +527,64 @@ func clientFault(p []byte) []byte {
 	return append(tag[:len(tag):len(tag)], clientFaultText...)
 }
 
-// reply counts one tagged reply; the last of too many BADs in a row is
-// followed by BYE.
+// advertiseID adds ID (RFC 2971), which the guard answers, to the
+// capabilities imapserver lists: in a CAPABILITY response and in the
+// CAPABILITY code of the greeting and of the reply to LOGIN or
+// AUTHENTICATE. imapserver writes each of them in one piece.
+func advertiseID(p []byte) []byte {
+	line, _, ok := bytes.Cut(p, []byte("\n"))
+	if !ok {
+		return p
+	}
+	var at int
+	if rest, ok := bytes.CutPrefix(line, []byte("* CAPABILITY ")); ok {
+		at = len(line) - len(rest) + len(bytes.TrimRight(rest, "\r"))
+		if hasWord(rest, "ID") {
+			return p
+		}
+	} else {
+		tag, rest, _ := bytes.Cut(line, []byte(" "))
+		status, rest, _ := bytes.Cut(rest, []byte(" "))
+		caps, ok := bytes.CutPrefix(rest, []byte("[CAPABILITY "))
+		end := bytes.IndexByte(caps, ']')
+		if len(tag) == 0 || !ok || end < 0 || hasWord(caps[:end], "ID") ||
+			!bytes.Equal(status, []byte("OK")) && !bytes.Equal(status, []byte("PREAUTH")) {
+			return p
+		}
+		at = len(line) - len(caps) + end
+	}
+	out := make([]byte, 0, len(p)+3)
+	out = append(out, p[:at]...)
+	out = append(out, " ID"...)
+	return append(out, p[at:]...)
+}
+
+// hasWord reports whether the space-separated list holds w.
+func hasWord(list []byte, w string) bool {
+	for f := range bytes.FieldsSeq(list) {
+		if bytes.EqualFold(f, []byte(w)) {
+			return true
+		}
+	}
+	return false
+}
+
+// reply notes one tagged reply of imapserver's and counts it.
 func (g *guardConn) reply(status string) error {
 	g.mu.Lock()
 	g.finished = true
 	g.mu.Unlock()
-	if status != "BAD" {
+	return g.count(status)
+}
+
+// count counts a tagged reply's status (none for a continuation request);
+// the last of too many BADs in a row is followed by BYE. Under wmu.
+func (g *guardConn) count(status string) error {
+	switch status {
+	case "":
+		return nil
+	case "BAD":
+	default:
 		g.bad = 0
 		return nil
 	}

@@ -349,17 +349,27 @@ func TestStore(t *testing.T) {
 	rc := rawLogin(t, ts.addr)
 	rc.ok("SELECT INBOX")
 	// This session holds the messages as \Recent; that flag comes along in
-	// every FLAGS it sees.
-	for _, tc := range []struct{ cmd, want string }{
-		{`STORE 1 +FLAGS (\Flagged)`, `* 1 FETCH (FLAGS (\Flagged \Recent))`},
-		{`STORE 1 +FLAGS (\Seen $Label1)`, `* 1 FETCH (FLAGS (\Flagged \Seen $Label1 \Recent))`},
-		{`STORE 1 -FLAGS (\Flagged)`, `* 1 FETCH (FLAGS (\Seen $Label1 \Recent))`},
-		{`STORE 1 FLAGS (\Answered $Work)`, `* 1 FETCH (FLAGS (\Answered $Work \Recent))`},
-		{`STORE 1 FLAGS ()`, `* 1 FETCH (FLAGS (\Recent))`},
-		{`UID STORE 2 +FLAGS (\Draft)`, `* 2 FETCH (UID 2 FLAGS (\Draft \Recent))`},
-		{`STORE 3 +FLAGS ($label1 $LABEL1)`, `* 3 FETCH (FLAGS ($label1 \Recent))`},
+	// every FLAGS it sees. A new keyword is announced in FLAGS first.
+	const sys = `\Seen \Answered \Flagged \Deleted \Draft`
+	for _, tc := range []struct {
+		cmd  string
+		want []string
+	}{
+		{`STORE 1 +FLAGS (\Flagged)`, []string{`* 1 FETCH (FLAGS (\Flagged \Recent))`}},
+		{`STORE 1 +FLAGS (\Seen $Label1)`, []string{
+			`* FLAGS (` + sys + ` $Label1)`,
+			`* OK [PERMANENTFLAGS (` + sys + ` $Label1 \*)] Permanent flags`,
+			`* 1 FETCH (FLAGS (\Flagged \Seen $Label1 \Recent))`}},
+		{`STORE 1 -FLAGS (\Flagged)`, []string{`* 1 FETCH (FLAGS (\Seen $Label1 \Recent))`}},
+		{`STORE 1 FLAGS (\Answered $Work)`, []string{
+			`* FLAGS (` + sys + ` $Label1 $Work)`,
+			`* OK [PERMANENTFLAGS (` + sys + ` $Label1 $Work \*)] Permanent flags`,
+			`* 1 FETCH (FLAGS (\Answered $Work \Recent))`}},
+		{`STORE 1 FLAGS ()`, []string{`* 1 FETCH (FLAGS (\Recent))`}},
+		{`UID STORE 2 +FLAGS (\Draft)`, []string{`* 2 FETCH (UID 2 FLAGS (\Draft \Recent))`}},
+		{`STORE 3 +FLAGS ($label1 $LABEL1)`, []string{`* 3 FETCH (FLAGS ($label1 \Recent))`}},
 	} {
-		if u := rc.ok(tc.cmd); !slices.Equal(u, []string{tc.want}) {
+		if u := rc.ok(tc.cmd); !slices.Equal(u, tc.want) {
 			t.Errorf("%s: %q, want %q", tc.cmd, u, tc.want)
 		}
 	}

@@ -4,7 +4,7 @@
 // CREATE-SPECIAL-USE (RFC 6154), ESEARCH (RFC 4731), SEARCHRES (RFC 5182),
 // LIST-EXTENDED and LIST-STATUS (RFC 5258, 5819), STATUS=SIZE (RFC 8438),
 // NAMESPACE (RFC 2342), BINARY (RFC 3516), LITERAL+ (RFC 7888), APPENDLIMIT
-// (RFC 7889), UNSELECT and ENABLE.
+// (RFC 7889), UNSELECT, ENABLE and ID (RFC 2971).
 //
 // Each selected session keeps its own sequence-number map (the UIDs it has
 // announced) and learns of other sessions' changes through the store's
@@ -60,6 +60,9 @@ type Config struct {
 	// Conns caps connections in total and per client address (IPv6 per
 	// /64); nil: no cap. One limiter may be shared by several listeners.
 	Conns *connlimit.Limiter
+	// Version is the version the ID command answers with; default the
+	// module version in the binary's build information.
+	Version string
 }
 
 // Server serves IMAP on listeners.
@@ -101,6 +104,9 @@ func New(cfg Config, boxes *mailbox.Store) *Server {
 	}
 	if cfg.FieldCacheBytes == 0 {
 		cfg.FieldCacheBytes = defaultFieldCacheBytes
+	}
+	if cfg.Version == "" {
+		cfg.Version = moduleVersion()
 	}
 	s := &Server{cfg: cfg, boxes: boxes, fields: newFieldCache(cfg.FieldCacheBytes), lns: map[net.Listener]struct{}{},
 		authenticate: boxes.Authenticate}

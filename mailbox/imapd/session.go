@@ -179,11 +179,9 @@ func (s *session) Namespace() (*imap.NamespaceData, error) {
 	return &imap.NamespaceData{Personal: []imap.NamespaceDescriptor{{Prefix: "", Delim: mailbox.Delimiter}}}, nil
 }
 
-// permanentFlags: the system flags and any keyword (\*).
-var permanentFlags = []imap.Flag{imap.FlagSeen, imap.FlagAnswered, imap.FlagFlagged, imap.FlagDeleted, imap.FlagDraft, imap.FlagWildcard}
-
-var mailboxFlags = []imap.Flag{imap.FlagSeen, imap.FlagAnswered, imap.FlagFlagged, imap.FlagDeleted, imap.FlagDraft}
-
+// Select answers SELECT and EXAMINE (RFC 3501 §6.3.1-2, RFC 9051
+// §6.3.2-3). imapserver sends RECENT and OK [UNSEEN n] to IMAP4rev1
+// sessions only; IMAP4rev2 has neither.
 func (s *session) Select(name string, options *imap.SelectOptions) (*imap.SelectData, error) {
 	s.Unselect()
 	v, err := openView(s, name, options.ReadOnly)
@@ -191,18 +189,15 @@ func (s *session) Select(name string, options *imap.SelectOptions) (*imap.Select
 		return nil, imapError(err)
 	}
 	s.sel = v
-	data := &imap.SelectData{
-		Flags:          mailboxFlags,
-		PermanentFlags: permanentFlags,
-		NumMessages:    uint32(len(v.uids)),
-		NumRecent:      uint32(len(v.recent)),
-		UIDNext:        imap.UID(v.uidNext),
-		UIDValidity:    v.uidValidity,
-	}
-	if options.ReadOnly {
-		data.PermanentFlags = nil
-	}
-	return data, nil
+	return &imap.SelectData{
+		Flags:             v.flagList(),
+		PermanentFlags:    v.permanentFlags(),
+		NumMessages:       uint32(len(v.uids)),
+		NumRecent:         uint32(len(v.recent)),
+		FirstUnseenSeqNum: v.firstUnseen,
+		UIDNext:           imap.UID(v.uidNext),
+		UIDValidity:       v.uidValidity,
+	}, nil
 }
 
 func (s *session) Unselect() error {

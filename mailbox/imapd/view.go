@@ -22,6 +22,12 @@ type view struct {
 
 	uids   []uint32 // sequence number n is uids[n-1]
 	recent map[uint32]bool
+	// firstUnseen is the sequence number of the first message without
+	// \Seen when the mailbox was selected, or 0.
+	firstUnseen uint32
+	// keywords are the flags beyond the system flags that the client
+	// has been told of in FLAGS.
+	keywords keywordSet
 
 	// Changes by other sessions not yet reported: expunges wait for a
 	// command that allows them (not FETCH, STORE or SEARCH).
@@ -31,6 +37,9 @@ type view struct {
 	searchRes []uint32 // SEARCHRES "$"
 }
 
+// openView selects a mailbox. One pass over its messages gives the
+// sequence-number map, the first unseen message (RFC 3501 §6.3.1 UNSEEN)
+// and the keywords in use, which FLAGS lists (RFC 3501 §7.2.6).
 func openView(s *session, name string, readOnly bool) (*view, error) {
 	boxes := s.srv.boxes
 	mb, err := boxes.GetMailbox(s.user, name)
@@ -40,23 +49,34 @@ func openView(s *session, name string, readOnly bool) (*view, error) {
 	// Events before this point describe a state the scan below already
 	// includes.
 	s.sub.Drain()
-	uids, err := boxes.UIDs(mb.ID)
+	v := &view{s: s, name: mb.Name, id: mb.ID, readOnly: readOnly, uidValidity: mb.UIDValidity,
+		uidNext: mb.UIDNext, recent: map[uint32]bool{}, pendingFlags: map[uint32]bool{}}
+	err = boxes.ForEachMessage(mb.ID, func(m mailbox.Message) error {
+		v.uids = append(v.uids, m.UID)
+		if v.firstUnseen == 0 && !mailbox.HasFlag(m.Flags, mailbox.FlagSeen) {
+			v.firstUnseen = uint32(len(v.uids))
+		}
+		v.keywords.learn(m.Flags)
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	v := &view{s: s, name: mb.Name, id: mb.ID, readOnly: readOnly, uidValidity: mb.UIDValidity,
-		uidNext: mb.UIDNext, uids: uids, recent: map[uint32]bool{}, pendingFlags: map[uint32]bool{}}
-	if n := len(uids); n > 0 && uids[n-1] >= v.uidNext {
-		v.uidNext = uids[n-1] + 1
+	if n := len(v.uids); n > 0 && v.uids[n-1] >= v.uidNext {
+		v.uidNext = v.uids[n-1] + 1
 	}
-	if !readOnly {
-		if err := v.claimRecent(); err != nil {
-			return nil, err
-		}
+	if readOnly {
+		v.peekRecent(v.uids, mb.FirstRecent)
+		return v, nil
+	}
+	if err := v.claimRecent(); err != nil {
+		return nil, err
 	}
 	return v, nil
 }
 
+// claimRecent makes the messages no session has seen yet \Recent in this
+// one, and only in this one.
 func (v *view) claimRecent() error {
 	first, next, err := v.s.srv.boxes.ClaimRecent(v.s.user, v.name)
 	if err != nil {
@@ -68,6 +88,19 @@ func (v *view) claimRecent() error {
 		}
 	}
 	return nil
+}
+
+// peekRecent marks as \Recent the given messages that no session has
+// claimed, from firstRecent (the mailbox's FirstRecent) on, without
+// claiming them: EXAMINE must not take \Recent away from the session that
+// selects the mailbox next (RFC 3501 §6.3.2), and reports what STATUS
+// RECENT counts.
+func (v *view) peekRecent(uids []uint32, firstRecent uint32) {
+	for _, uid := range uids {
+		if uid >= firstRecent {
+			v.recent[uid] = true
+		}
+	}
 }
 
 func (v *view) lastUID() uint32 {
@@ -129,10 +162,8 @@ func (v *view) sync(w *imapserver.UpdateWriter, allowExpunge, changed bool) erro
 		if len(added) > 0 {
 			v.uids = append(v.uids, added...)
 			v.uidNext = max(v.uidNext, added[len(added)-1]+1)
-			if !v.readOnly {
-				if err := v.claimRecent(); err != nil {
-					return err
-				}
+			if err := v.newRecent(added); err != nil {
+				return err
 			}
 			if err := w.WriteNumMessages(uint32(len(v.uids))); err != nil {
 				return err
@@ -153,6 +184,9 @@ func (v *view) sync(w *imapserver.UpdateWriter, allowExpunge, changed bool) erro
 		if err != nil {
 			return err
 		}
+		if err := announceKeywords(v, msgs, messageFlags); err != nil {
+			return err
+		}
 		for _, m := range msgs {
 			if seq := v.seqOf(m.UID); seq != 0 {
 				if err := w.WriteMessageFlags(seq, imap.UID(m.UID), v.flags(m)); err != nil {
@@ -161,6 +195,20 @@ func (v *view) sync(w *imapserver.UpdateWriter, allowExpunge, changed bool) erro
 			}
 		}
 	}
+	return nil
+}
+
+// newRecent gives new arrivals \Recent: claimed in a read-write session,
+// peeked at in a read-only one.
+func (v *view) newRecent(added []uint32) error {
+	if !v.readOnly {
+		return v.claimRecent()
+	}
+	mb, err := v.s.srv.boxes.GetMailbox(v.s.user, v.name)
+	if err != nil {
+		return err
+	}
+	v.peekRecent(added, mb.FirstRecent)
 	return nil
 }
 
@@ -312,6 +360,10 @@ func (s *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *im
 	changes, err := s.srv.boxes.SetFlags(s.user, v.name, uids, op, fl, s)
 	if err != nil {
 		return imapError(err)
+	}
+	// Even for .SILENT: a new keyword is in use in the mailbox now.
+	if err := announceKeywords(v, changes, func(c mailbox.FlagChange) []string { return c.Flags }); err != nil {
+		return serverError(err)
 	}
 	if flags.Silent {
 		return nil
